@@ -1,0 +1,150 @@
+//! One API over the GPU and the CPU.
+
+use crate::cpu::reference;
+use crate::error::Result;
+use crate::gpu::{GpuContext, GpuOptions};
+use crate::output::{Backend, LossOutput};
+use crate::spec::{Batch, CrossEntropy};
+
+/// Set to `1` to forbid [`Engine::auto`] from falling back to the CPU.
+pub const REQUIRE_GPU_ENV: &str = "FUSED_LOSS_REQUIRE_GPU";
+
+/// Whether `FUSED_LOSS_REQUIRE_GPU=1` is set.
+pub fn gpu_required() -> bool {
+    std::env::var(REQUIRE_GPU_ENV).is_ok_and(|v| v == "1")
+}
+
+enum Inner {
+    Gpu(Box<GpuContext>),
+    Cpu,
+}
+
+/// Computes cross-entropy on a wgpu adapter or on the CPU.
+///
+/// ```
+/// use fused_loss::{Batch, CrossEntropy, Engine, Reduction};
+///
+/// let logits = [2.0f32, 0.5, -1.0, 0.1, 0.2, 3.0];
+/// let labels = [0, 2];
+/// let engine = Engine::cpu();
+/// let out = engine
+///     .compute_blocking(
+///         &CrossEntropy::new().with_reduction(Reduction::Sum),
+///         &Batch::with_labels(&logits, 3, &labels),
+///     )
+///     .unwrap();
+/// assert_eq!(out.per_example.len(), 2);
+/// assert!((out.loss - (out.per_example[0] + out.per_example[1]) as f64).abs() < 1e-6);
+/// ```
+pub struct Engine {
+    inner: Inner,
+    fallback_reason: Option<String>,
+}
+
+impl std::fmt::Debug for Engine {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Engine")
+            .field("backend", &self.backend())
+            .field("adapter", &self.adapter())
+            .field("fallback_reason", &self.fallback_reason)
+            .finish()
+    }
+}
+
+impl Engine {
+    /// The GPU when an adapter can be opened, else the CPU; read
+    /// [`Engine::fallback_reason`] to learn why. Fails only when
+    /// `FUSED_LOSS_REQUIRE_GPU=1` is set and no adapter works.
+    pub async fn auto() -> Result<Engine> {
+        match Engine::gpu().await {
+            Ok(engine) => Ok(engine),
+            Err(e) if gpu_required() => Err(e),
+            Err(e) => Ok(Engine {
+                inner: Inner::Cpu,
+                fallback_reason: Some(e.to_string()),
+            }),
+        }
+    }
+
+    /// Blocking [`Engine::auto`].
+    pub fn auto_blocking() -> Result<Engine> {
+        pollster::block_on(Engine::auto())
+    }
+
+    /// The GPU, or [`Error::NoAdapter`].
+    pub async fn gpu() -> Result<Engine> {
+        Engine::gpu_with(GpuOptions::default()).await
+    }
+
+    /// The GPU with options, or [`Error::NoAdapter`].
+    pub async fn gpu_with(options: GpuOptions) -> Result<Engine> {
+        let context = GpuContext::new(options).await?;
+        context.capture_uncaptured_errors();
+        Ok(Engine::from_context(context))
+    }
+
+    /// Blocking [`Engine::gpu`].
+    pub fn gpu_blocking() -> Result<Engine> {
+        pollster::block_on(Engine::gpu())
+    }
+
+    /// The f64 reference on the CPU.
+    pub fn cpu() -> Engine {
+        Engine {
+            inner: Inner::Cpu,
+            fallback_reason: None,
+        }
+    }
+
+    /// Wraps a context built on a caller's device
+    /// ([`GpuContext::from_device`]).
+    pub fn from_context(context: GpuContext) -> Engine {
+        Engine {
+            inner: Inner::Gpu(Box::new(context)),
+            fallback_reason: None,
+        }
+    }
+
+    /// Where this engine computes.
+    pub fn backend(&self) -> Backend {
+        match self.inner {
+            Inner::Gpu(_) => Backend::Gpu,
+            Inner::Cpu => Backend::Cpu,
+        }
+    }
+
+    /// The adapter's description, or `"cpu (f64 reference)"`.
+    pub fn adapter(&self) -> &str {
+        match &self.inner {
+            Inner::Gpu(context) => context.adapter(),
+            Inner::Cpu => "cpu (f64 reference)",
+        }
+    }
+
+    /// Why [`Engine::auto`] fell back to the CPU, if it did.
+    pub fn fallback_reason(&self) -> Option<&str> {
+        self.fallback_reason.as_deref()
+    }
+
+    /// The GPU context, if this engine has one.
+    pub fn gpu_context(&self) -> Option<&GpuContext> {
+        match &self.inner {
+            Inner::Gpu(context) => Some(context),
+            Inner::Cpu => None,
+        }
+    }
+
+    /// Per-example losses, the chosen reduction, `average_loss` and stats.
+    pub async fn compute(&self, spec: &CrossEntropy, batch: &Batch<'_>) -> Result<LossOutput> {
+        match &self.inner {
+            Inner::Gpu(context) => context.compute(spec, batch).await,
+            Inner::Cpu => reference::compute(spec, batch),
+        }
+    }
+
+    /// Blocking [`Engine::compute`].
+    pub fn compute_blocking(&self, spec: &CrossEntropy, batch: &Batch<'_>) -> Result<LossOutput> {
+        pollster::block_on(self.compute(spec, batch))
+    }
+}
+

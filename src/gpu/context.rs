@@ -1,0 +1,561 @@
+//! Instance, adapter and device; pipelines built once; buffers reused across
+//! calls; one submission and one readback per call.
+
+use std::borrow::Cow;
+use std::num::NonZeroU64;
+use std::sync::{Arc, Mutex};
+
+use futures_intrusive::sync::Mutex as AsyncMutex;
+
+use super::cross_entropy::{self as ce, Chunk};
+use super::{reduce_partials, Partial, NO_ROW};
+use crate::error::{Error, Result};
+use crate::output::{Backend, LossOutput, LossStats};
+use crate::spec::{Batch, CrossEntropy, InputKind, Targets};
+
+/// Knobs for a [`GpuContext`].
+#[derive(Clone, Debug, Default)]
+pub struct GpuOptions {
+    /// Use at most this many bytes per storage binding instead of the
+    /// device's `max_storage_buffer_binding_size` (rounded down to a
+    /// multiple of 256). Lets tests exercise chunking on small inputs.
+    pub max_binding_bytes: Option<u64>,
+}
+
+/// Buffers kept between calls; each grows when a call needs more.
+#[derive(Default)]
+struct Buffers {
+    logits: Vec<Option<wgpu::Buffer>>,
+    targets: Vec<Option<wgpu::Buffer>>,
+    labels: Option<wgpu::Buffer>,
+    class_weights: Option<wgpu::Buffer>,
+    sample_weights: Option<wgpu::Buffer>,
+    per_example: Option<wgpu::Buffer>,
+    partials: Option<wgpu::Buffer>,
+    uniforms: Option<wgpu::Buffer>,
+    staging: Option<wgpu::Buffer>,
+}
+
+fn ensure(
+    slot: &mut Option<wgpu::Buffer>,
+    device: &wgpu::Device,
+    label: &'static str,
+    size: u64,
+    usage: wgpu::BufferUsages,
+) -> wgpu::Buffer {
+    let size = size.max(16).next_multiple_of(16);
+    match slot {
+        Some(buffer) if buffer.size() >= size => buffer.clone(),
+        _ => {
+            let buffer = device.create_buffer(&wgpu::BufferDescriptor {
+                label: Some(label),
+                size,
+                usage,
+                mapped_at_creation: false,
+            });
+            *slot = Some(buffer.clone());
+            buffer
+        }
+    }
+}
+
+fn binding(buffer: &wgpu::Buffer, offset: u64, size: u64) -> wgpu::BindingResource<'_> {
+    wgpu::BindingResource::Buffer(wgpu::BufferBinding {
+        buffer,
+        offset,
+        size: NonZeroU64::new(size),
+    })
+}
+
+const STORAGE_IN: wgpu::BufferUsages = wgpu::BufferUsages::STORAGE.union(wgpu::BufferUsages::COPY_DST);
+
+/// A wgpu device with the fused-loss pipelines built on it.
+///
+/// Build it once and reuse it: pipelines and bind group layouts are created
+/// here, and buffers are kept and reused between calls.
+pub struct GpuContext {
+    device: wgpu::Device,
+    queue: wgpu::Queue,
+    adapter: String,
+    cross_entropy_layout: wgpu::BindGroupLayout,
+    cross_entropy_pipeline: wgpu::ComputePipeline,
+    reduce_layout: wgpu::BindGroupLayout,
+    reduce_pipeline: wgpu::ComputePipeline,
+    placeholder: wgpu::Buffer,
+    max_binding_bytes: u64,
+    uniform_stride: u64,
+    buffers: AsyncMutex<Buffers>,
+    uncaptured: Arc<Mutex<Option<String>>>,
+}
+
+impl std::fmt::Debug for GpuContext {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("GpuContext")
+            .field("adapter", &self.adapter)
+            .field("max_binding_bytes", &self.max_binding_bytes)
+            .finish_non_exhaustive()
+    }
+}
+
+/// Picks the adapter as the environment says: `WGPU_ADAPTER_NAME` (a
+/// case-insensitive substring of the name), `WGPU_BACKEND` (through the
+/// instance) and `WGPU_POWER_PREF`.
+async fn select_adapter(instance: &wgpu::Instance) -> Result<wgpu::Adapter> {
+    if let Ok(wanted) = std::env::var("WGPU_ADAPTER_NAME") {
+        let wanted = wanted.to_lowercase();
+        let backends = wgpu::Backends::from_env().unwrap_or(wgpu::Backends::all());
+        let adapters = instance.enumerate_adapters(backends).await;
+        return adapters
+            .into_iter()
+            .find(|a| a.get_info().name.to_lowercase().contains(&wanted))
+            .ok_or_else(|| Error::NoAdapter(format!("no adapter matches WGPU_ADAPTER_NAME={wanted:?}")));
+    }
+    instance
+        .request_adapter(&wgpu::RequestAdapterOptions {
+            power_preference: wgpu::PowerPreference::from_env()
+                .unwrap_or(wgpu::PowerPreference::HighPerformance),
+            force_fallback_adapter: false,
+            compatible_surface: None,
+            ..Default::default()
+        })
+        .await
+        .map_err(|e| Error::NoAdapter(e.to_string()))
+}
+
+fn describe(info: &wgpu::AdapterInfo) -> String {
+    format!("{} ({:?}, {:?})", info.name, info.backend, info.device_type)
+}
+
+impl GpuContext {
+    /// Opens the adapter the environment selects and builds the pipelines.
+    pub async fn new(options: GpuOptions) -> Result<Self> {
+        let instance =
+            wgpu::Instance::new(wgpu::InstanceDescriptor::new_without_display_handle_from_env());
+        let adapter = select_adapter(&instance).await?;
+        let (device, queue) = adapter
+            .request_device(&wgpu::DeviceDescriptor {
+                label: Some("fused-loss"),
+                required_limits: adapter.limits(),
+                ..Default::default()
+            })
+            .await
+            .map_err(|e| Error::NoAdapter(format!("request_device failed: {e}")))?;
+        Self::from_device(device, queue, describe(&adapter.get_info()), options).await
+    }
+
+    /// Blocking [`GpuContext::new`].
+    pub fn new_blocking(options: GpuOptions) -> Result<Self> {
+        pollster::block_on(Self::new(options))
+    }
+
+    /// Builds the pipelines on a caller's device. `adapter` is only a label
+    /// for reports.
+    ///
+    /// Errors the library causes on this device are captured with error
+    /// scopes; the caller's uncaptured-error handler is only replaced when
+    /// the library opened the device itself.
+    pub async fn from_device(
+        device: wgpu::Device,
+        queue: wgpu::Queue,
+        adapter: impl Into<String>,
+        options: GpuOptions,
+    ) -> Result<Self> {
+        let uncaptured = Arc::new(Mutex::new(None));
+        let scope = device.push_error_scope(wgpu::ErrorFilter::Validation);
+        let cross_entropy_layout = ce::layout(&device);
+        let reduce_layout = reduce_partials::layout(&device);
+        let cross_entropy_pipeline =
+            pipeline(&device, "cross_entropy", ce::SHADER, &cross_entropy_layout);
+        let reduce_pipeline =
+            pipeline(&device, "reduce_partials", reduce_partials::SHADER, &reduce_layout);
+        let placeholder = device.create_buffer(&wgpu::BufferDescriptor {
+            label: Some("placeholder"),
+            size: 16,
+            usage: wgpu::BufferUsages::STORAGE,
+            mapped_at_creation: false,
+        });
+        if let Some(e) = scope.pop().await {
+            return Err(Error::Gpu(e.to_string()));
+        }
+        let limits = device.limits();
+        let device_binding = (limits.max_storage_buffer_binding_size as u64).min(limits.max_buffer_size);
+        let max_binding_bytes = options
+            .max_binding_bytes
+            .map_or(device_binding, |m| m.min(device_binding))
+            / 256
+            * 256;
+        let uniform_stride = (limits.min_uniform_buffer_offset_alignment as u64).max(64);
+        Ok(GpuContext {
+            device,
+            queue,
+            adapter: adapter.into(),
+            cross_entropy_layout,
+            cross_entropy_pipeline,
+            reduce_layout,
+            reduce_pipeline,
+            placeholder,
+            max_binding_bytes: max_binding_bytes.max(256),
+            uniform_stride,
+            buffers: AsyncMutex::new(Buffers::default(), false),
+            uncaptured,
+        })
+    }
+
+    /// Catches errors nobody scoped on a device the library owns, instead of
+    /// wgpu's default panic.
+    pub(crate) fn capture_uncaptured_errors(&self) {
+        let sink = Arc::clone(&self.uncaptured);
+        self.device.on_uncaptured_error(Arc::new(move |e| {
+            if let Ok(mut slot) = sink.lock() {
+                slot.get_or_insert_with(|| e.to_string());
+            }
+        }));
+    }
+
+    /// The adapter's description.
+    pub fn adapter(&self) -> &str {
+        &self.adapter
+    }
+
+    /// The device.
+    pub fn device(&self) -> &wgpu::Device {
+        &self.device
+    }
+
+    /// The queue.
+    pub fn queue(&self) -> &wgpu::Queue {
+        &self.queue
+    }
+
+    /// The most logits bytes bound at once; larger inputs are chunked.
+    pub fn max_binding_bytes(&self) -> u64 {
+        self.max_binding_bytes
+    }
+
+    /// Runs the fused kernel and the reduction; one submission, one readback.
+    pub async fn compute(&self, spec: &CrossEntropy, batch: &Batch<'_>) -> Result<LossOutput> {
+        batch.validate(spec)?;
+        if batch.batch == 0 {
+            let stats = LossStats::default();
+            return Ok(LossOutput::new(Vec::new(), spec.reduction, stats, Backend::Gpu));
+        }
+        let probabilities = spec.input == InputKind::Probabilities;
+        let chunks = ce::plan(
+            batch.batch,
+            batch.classes,
+            if probabilities { 2 } else { 1 },
+            self.max_binding_bytes,
+        )?;
+        let total_groups: u32 = chunks.iter().map(|c| c.groups).sum();
+        let (reduce_passes, final_partial) = reduce_partials::plan(total_groups);
+
+        let mut buffers = self.buffers.lock().await;
+        let oom = self.device.push_error_scope(wgpu::ErrorFilter::OutOfMemory);
+        let validation = self.device.push_error_scope(wgpu::ErrorFilter::Validation);
+        let (staging, staging_size, partial_offset) =
+            self.encode(&mut buffers, spec, batch, &chunks, total_groups, &reduce_passes, final_partial);
+        let validation = validation.pop();
+        let oom = oom.pop();
+
+        let (sender, receiver) = futures_intrusive::channel::shared::oneshot_channel();
+        staging
+            .slice(..staging_size)
+            .map_async(wgpu::MapMode::Read, move |result| {
+                let _ = sender.send(result);
+            });
+        let polled = self.device.poll(wgpu::PollType::wait_indefinitely());
+        if let Some(e) = oom.await {
+            return Err(Error::OutOfMemory(e.to_string()));
+        }
+        if let Some(e) = validation.await {
+            return Err(Error::Gpu(e.to_string()));
+        }
+        if let Some(e) = self.uncaptured.lock().ok().and_then(|mut s| s.take()) {
+            return Err(Error::Gpu(e));
+        }
+        polled.map_err(|e| Error::Gpu(e.to_string()))?;
+        match receiver.receive().await {
+            Some(Ok(())) => {}
+            Some(Err(e)) => return Err(Error::Gpu(format!("readback failed: {e}"))),
+            None => return Err(Error::Gpu("readback was dropped".into())),
+        }
+        let (per_example, partial) = {
+            let view = staging
+                .slice(..staging_size)
+                .get_mapped_range()
+                .map_err(|e| Error::Gpu(e.to_string()))?;
+            let per_example: Vec<f32> =
+                bytemuck::cast_slice(&view[..batch.batch * 4]).to_vec();
+            let partial: Partial = bytemuck::pod_read_unaligned(
+                &view[partial_offset as usize..partial_offset as usize + std::mem::size_of::<Partial>()],
+            );
+            (per_example, partial)
+        };
+        staging.unmap();
+        drop(buffers);
+
+        if partial.first_bad_row != NO_ROW {
+            return Err(Error::LabelOutOfRange {
+                row: partial.first_bad_row as usize,
+                label: partial.bad_label as i64,
+                classes: batch.classes,
+            });
+        }
+        if spec.check_finite && partial.first_nonfinite_row != NO_ROW {
+            return Err(Error::NonFiniteLoss {
+                row: partial.first_nonfinite_row as usize,
+            });
+        }
+        Ok(LossOutput::new(
+            per_example,
+            spec.reduction,
+            partial.stats(batch.batch),
+            Backend::Gpu,
+        ))
+    }
+
+    /// Blocking [`GpuContext::compute`].
+    pub fn compute_blocking(&self, spec: &CrossEntropy, batch: &Batch<'_>) -> Result<LossOutput> {
+        pollster::block_on(self.compute(spec, batch))
+    }
+
+    /// Uploads, records and submits one call. Returns the staging buffer,
+    /// the bytes to map and where the final partial sits in it.
+    #[allow(clippy::too_many_arguments)]
+    fn encode(
+        &self,
+        buffers: &mut Buffers,
+        spec: &CrossEntropy,
+        batch: &Batch<'_>,
+        chunks: &[Chunk],
+        total_groups: u32,
+        reduce_passes: &[reduce_partials::Params],
+        final_partial: u32,
+    ) -> (wgpu::Buffer, u64, u64) {
+        let device = &self.device;
+        let queue = &self.queue;
+        let classes = batch.classes;
+        let row_bytes = classes as u64 * 4;
+
+        let mut flags = 0;
+        let dense = matches!(batch.targets, Targets::Dense(_));
+        if dense {
+            flags |= ce::FLAG_DENSE;
+        }
+        if spec.input == InputKind::Probabilities {
+            flags |= ce::FLAG_PROBABILITIES;
+        }
+        if spec.class_weights.is_some() {
+            flags |= ce::FLAG_CLASS_WEIGHTS;
+        }
+        if batch.sample_weights.is_some() {
+            flags |= ce::FLAG_SAMPLE_WEIGHTS;
+        }
+        if spec.ignore_index.is_some() && !dense {
+            flags |= ce::FLAG_IGNORE_INDEX;
+        }
+        if spec.label_smoothing > 0.0 {
+            flags |= ce::FLAG_SMOOTHING;
+        }
+        let class_weight_sum = spec
+            .class_weights
+            .as_ref()
+            .map_or(classes as f64, |w| w.iter().map(|&x| x as f64).sum());
+
+        // Uniforms: one slot per chunk, then one per reduction pass.
+        let stride = self.uniform_stride;
+        let slots = chunks.len() + reduce_passes.len();
+        let mut uniform_bytes = vec![0u8; slots * stride as usize];
+        for (i, chunk) in chunks.iter().enumerate() {
+            let params = ce::Params {
+                batch: batch.batch as u32,
+                classes: classes as u32,
+                chunk_rows: chunk.rows as u32,
+                row_base: chunk.first_row as u32,
+                rows_per_group: chunk.rows_per_group,
+                group_base: chunk.group_base,
+                flags,
+                ignore_index: spec.ignore_index.unwrap_or(0),
+                label_smoothing: spec.label_smoothing,
+                class_weight_sum: class_weight_sum as f32,
+                _pad0: 0,
+                _pad1: 0,
+            };
+            let at = i * stride as usize;
+            uniform_bytes[at..at + std::mem::size_of::<ce::Params>()]
+                .copy_from_slice(bytemuck::bytes_of(&params));
+        }
+        for (i, params) in reduce_passes.iter().enumerate() {
+            let at = (chunks.len() + i) * stride as usize;
+            uniform_bytes[at..at + std::mem::size_of::<reduce_partials::Params>()]
+                .copy_from_slice(bytemuck::bytes_of(params));
+        }
+        let uniforms = ensure(
+            &mut buffers.uniforms,
+            device,
+            "uniforms",
+            uniform_bytes.len() as u64,
+            wgpu::BufferUsages::UNIFORM | wgpu::BufferUsages::COPY_DST,
+        );
+        queue.write_buffer(&uniforms, 0, &uniform_bytes);
+
+        // Per-row buffers, bound whole.
+        let batch_bytes = batch.batch as u64 * 4;
+        let labels = match batch.targets {
+            Targets::Labels(labels) => {
+                let buffer = ensure(&mut buffers.labels, device, "labels", batch_bytes, STORAGE_IN);
+                queue.write_buffer(&buffer, 0, bytemuck::cast_slice(labels));
+                Some(buffer)
+            }
+            Targets::Dense(_) => None,
+        };
+        let sample_weights = batch.sample_weights.map(|w| {
+            let buffer = ensure(&mut buffers.sample_weights, device, "sample_weights", batch_bytes, STORAGE_IN);
+            queue.write_buffer(&buffer, 0, bytemuck::cast_slice(w));
+            buffer
+        });
+        let class_weights = spec.class_weights.as_ref().map(|w| {
+            let buffer = ensure(&mut buffers.class_weights, device, "class_weights", row_bytes, STORAGE_IN);
+            queue.write_buffer(&buffer, 0, bytemuck::cast_slice(w));
+            buffer
+        });
+        let per_example = ensure(
+            &mut buffers.per_example,
+            device,
+            "per_example",
+            batch_bytes,
+            wgpu::BufferUsages::STORAGE | wgpu::BufferUsages::COPY_SRC,
+        );
+        let partial_size = std::mem::size_of::<Partial>() as u64;
+        let partial_count = final_partial as u64 + 1;
+        let partials = ensure(
+            &mut buffers.partials,
+            device,
+            "partials",
+            partial_count * partial_size,
+            wgpu::BufferUsages::STORAGE | wgpu::BufferUsages::COPY_SRC,
+        );
+        let partial_offset = batch_bytes.next_multiple_of(16);
+        let staging_size = partial_offset + partial_size;
+        let staging = ensure(
+            &mut buffers.staging,
+            device,
+            "staging",
+            staging_size,
+            wgpu::BufferUsages::MAP_READ | wgpu::BufferUsages::COPY_DST,
+        );
+
+        // Chunked inputs: logits and dense targets, one buffer per chunk.
+        buffers.logits.resize(buffers.logits.len().max(chunks.len()), None);
+        buffers.targets.resize(buffers.targets.len().max(chunks.len()), None);
+        let mut bind_groups = Vec::with_capacity(chunks.len());
+        for (i, chunk) in chunks.iter().enumerate() {
+            let range = chunk.first_row * classes..(chunk.first_row + chunk.rows) * classes;
+            let chunk_bytes = chunk.rows as u64 * row_bytes;
+            let logits = ensure(&mut buffers.logits[i], device, "logits", chunk_bytes, STORAGE_IN);
+            queue.write_buffer(&logits, 0, bytemuck::cast_slice(&batch.logits[range.clone()]));
+            let targets = match batch.targets {
+                Targets::Dense(t) => {
+                    let buffer = ensure(&mut buffers.targets[i], device, "targets", chunk_bytes, STORAGE_IN);
+                    queue.write_buffer(&buffer, 0, bytemuck::cast_slice(&t[range]));
+                    Some(buffer)
+                }
+                Targets::Labels(_) => None,
+            };
+            let whole = |b: &Option<wgpu::Buffer>, size: u64| match b {
+                Some(b) => (b.clone(), size),
+                None => (self.placeholder.clone(), 16),
+            };
+            let (targets, targets_size) = whole(&targets, chunk_bytes);
+            let (labels, labels_size) = whole(&labels, batch_bytes);
+            let (class_w, class_w_size) = whole(&class_weights, row_bytes);
+            let (sample_w, sample_w_size) = whole(&sample_weights, batch_bytes);
+            bind_groups.push(device.create_bind_group(&wgpu::BindGroupDescriptor {
+                label: Some("cross_entropy"),
+                layout: &self.cross_entropy_layout,
+                entries: &[
+                    entry(0, binding(&uniforms, 0, std::mem::size_of::<ce::Params>() as u64)),
+                    entry(1, binding(&logits, 0, chunk_bytes)),
+                    entry(2, binding(&targets, 0, targets_size)),
+                    entry(3, binding(&labels, 0, labels_size)),
+                    entry(4, binding(&class_w, 0, class_w_size)),
+                    entry(5, binding(&sample_w, 0, sample_w_size)),
+                    entry(6, binding(&per_example, 0, batch_bytes)),
+                    entry(7, binding(&partials, 0, partial_count * partial_size)),
+                ],
+            }));
+        }
+        let reduce_group = device.create_bind_group(&wgpu::BindGroupDescriptor {
+            label: Some("reduce_partials"),
+            layout: &self.reduce_layout,
+            entries: &[
+                entry(0, binding(&uniforms, 0, std::mem::size_of::<reduce_partials::Params>() as u64)),
+                entry(1, binding(&partials, 0, partial_count * partial_size)),
+            ],
+        });
+
+        let mut encoder = device.create_command_encoder(&wgpu::CommandEncoderDescriptor {
+            label: Some("fused-loss"),
+        });
+        {
+            let mut pass = encoder.begin_compute_pass(&wgpu::ComputePassDescriptor {
+                label: Some("fused-loss"),
+                timestamp_writes: None,
+            });
+            pass.set_pipeline(&self.cross_entropy_pipeline);
+            for (i, (chunk, group)) in chunks.iter().zip(&bind_groups).enumerate() {
+                pass.set_bind_group(0, group, &[(i as u64 * stride) as u32]);
+                let (x, y) = ce::dispatch_size(chunk.groups);
+                pass.dispatch_workgroups(x, y, 1);
+            }
+            pass.set_pipeline(&self.reduce_pipeline);
+            for (i, params) in reduce_passes.iter().enumerate() {
+                let slot = (chunks.len() + i) as u64 * stride;
+                pass.set_bind_group(0, &reduce_group, &[slot as u32]);
+                let groups = params.count.div_ceil(reduce_partials::WORKGROUP_SIZE);
+                let (x, y) = ce::dispatch_size(groups);
+                pass.dispatch_workgroups(x, y, 1);
+            }
+        }
+        debug_assert!(total_groups >= 1);
+        encoder.copy_buffer_to_buffer(&per_example, 0, &staging, 0, batch_bytes);
+        encoder.copy_buffer_to_buffer(
+            &partials,
+            final_partial as u64 * partial_size,
+            &staging,
+            partial_offset,
+            partial_size,
+        );
+        queue.submit([encoder.finish()]);
+        (staging, staging_size, partial_offset)
+    }
+}
+
+fn entry(binding: u32, resource: wgpu::BindingResource<'_>) -> wgpu::BindGroupEntry<'_> {
+    wgpu::BindGroupEntry { binding, resource }
+}
+
+fn pipeline(
+    device: &wgpu::Device,
+    label: &'static str,
+    source: &'static str,
+    layout: &wgpu::BindGroupLayout,
+) -> wgpu::ComputePipeline {
+    let module = device.create_shader_module(wgpu::ShaderModuleDescriptor {
+        label: Some(label),
+        source: wgpu::ShaderSource::Wgsl(Cow::Borrowed(source)),
+    });
+    let pipeline_layout = device.create_pipeline_layout(&wgpu::PipelineLayoutDescriptor {
+        label: Some(label),
+        bind_group_layouts: &[Some(layout)],
+        immediate_size: 0,
+    });
+    device.create_compute_pipeline(&wgpu::ComputePipelineDescriptor {
+        label: Some(label),
+        layout: Some(&pipeline_layout),
+        module: &module,
+        entry_point: Some("main"),
+        compilation_options: Default::default(),
+        cache: None,
+    })
+}

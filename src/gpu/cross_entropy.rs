@@ -1,0 +1,196 @@
+//! Host side of `shaders/cross_entropy.wgsl`: the uniform, the bind group
+//! layout, and how a batch is cut into chunks and workgroups.
+
+use bytemuck::{Pod, Zeroable};
+
+use crate::error::{Error, Result};
+
+/// Threads per workgroup; keep in sync with `WG` in the shader.
+pub(crate) const WORKGROUP_SIZE: u32 = 128;
+
+pub(crate) const SHADER: &str = include_str!("../../shaders/cross_entropy.wgsl");
+
+pub(crate) const FLAG_DENSE: u32 = 1;
+pub(crate) const FLAG_PROBABILITIES: u32 = 2;
+pub(crate) const FLAG_CLASS_WEIGHTS: u32 = 4;
+pub(crate) const FLAG_SAMPLE_WEIGHTS: u32 = 8;
+pub(crate) const FLAG_IGNORE_INDEX: u32 = 16;
+pub(crate) const FLAG_SMOOTHING: u32 = 32;
+
+/// Loop iterations one invocation may run. lavapipe silently stops a loop
+/// after 65,535 (DESIGN §5); this leaves a wide margin.
+const TRIP_BUDGET: u64 = 30_000;
+/// Aim for about this many workgroups per chunk.
+const TARGET_GROUPS: usize = 4096;
+/// Most workgroups in one dispatch dimension.
+pub(crate) const MAX_GROUPS_PER_DIMENSION: u32 = 65_535;
+
+/// Keep in sync with `struct Params` in `shaders/cross_entropy.wgsl`.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, Pod, Zeroable)]
+pub(crate) struct Params {
+    pub batch: u32,
+    pub classes: u32,
+    pub chunk_rows: u32,
+    pub row_base: u32,
+    pub rows_per_group: u32,
+    pub group_base: u32,
+    pub flags: u32,
+    pub ignore_index: i32,
+    pub label_smoothing: f32,
+    pub class_weight_sum: f32,
+    pub _pad0: u32,
+    pub _pad1: u32,
+}
+
+/// A run of rows whose logits fit one storage binding.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) struct Chunk {
+    pub first_row: usize,
+    pub rows: usize,
+    pub rows_per_group: u32,
+    pub groups: u32,
+    pub group_base: u32,
+}
+
+/// The loop trips one row costs an invocation: the class loops plus the
+/// workgroup tree.
+fn trips_per_row(classes: usize, passes: u64) -> u64 {
+    passes * (classes as u64).div_ceil(WORKGROUP_SIZE as u64) + 2 * 8 + 4
+}
+
+/// The most classes one row may have on a device whose bindings hold
+/// `max_binding_bytes`.
+pub(crate) fn max_classes(passes: u64, max_binding_bytes: u64) -> usize {
+    let by_trips = (TRIP_BUDGET - 20) / passes * WORKGROUP_SIZE as u64;
+    by_trips.min(max_binding_bytes / 4) as usize
+}
+
+/// Cuts `batch` rows into chunks of at most `max_binding_bytes` of logits and
+/// chooses each chunk's workgroups.
+pub(crate) fn plan(
+    batch: usize,
+    classes: usize,
+    passes: u64,
+    max_binding_bytes: u64,
+) -> Result<Vec<Chunk>> {
+    let max_classes = max_classes(passes, max_binding_bytes);
+    if classes > max_classes {
+        return Err(Error::RowTooLarge {
+            classes,
+            max_classes,
+        });
+    }
+    let max_batch = (max_binding_bytes / 4).min(u32::MAX as u64 / 2) as usize;
+    if batch > max_batch {
+        return Err(Error::BatchTooLarge { batch, max_batch });
+    }
+    let row_bytes = classes as u64 * 4;
+    let rows_per_chunk = (max_binding_bytes / row_bytes) as usize;
+    let max_rows_per_group = (TRIP_BUDGET / trips_per_row(classes, passes)).max(1) as usize;
+    let mut chunks = Vec::new();
+    let (mut first_row, mut group_base) = (0usize, 0u32);
+    while first_row < batch {
+        let rows = rows_per_chunk.min(batch - first_row);
+        let rows_per_group = rows.div_ceil(TARGET_GROUPS).clamp(1, max_rows_per_group);
+        let groups = rows.div_ceil(rows_per_group) as u32;
+        chunks.push(Chunk {
+            first_row,
+            rows,
+            rows_per_group: rows_per_group as u32,
+            groups,
+            group_base,
+        });
+        first_row += rows;
+        group_base += groups;
+    }
+    Ok(chunks)
+}
+
+/// A 2-D dispatch covering `groups` workgroups.
+pub(crate) fn dispatch_size(groups: u32) -> (u32, u32) {
+    let x = groups.clamp(1, MAX_GROUPS_PER_DIMENSION);
+    (x, groups.div_ceil(x))
+}
+
+pub(crate) fn uniform_entry(binding: u32, size: usize) -> wgpu::BindGroupLayoutEntry {
+    wgpu::BindGroupLayoutEntry {
+        binding,
+        visibility: wgpu::ShaderStages::COMPUTE,
+        ty: wgpu::BindingType::Buffer {
+            ty: wgpu::BufferBindingType::Uniform,
+            has_dynamic_offset: true,
+            min_binding_size: wgpu::BufferSize::new(size as u64),
+        },
+        count: None,
+    }
+}
+
+pub(crate) fn storage_entry(binding: u32, read_only: bool) -> wgpu::BindGroupLayoutEntry {
+    wgpu::BindGroupLayoutEntry {
+        binding,
+        visibility: wgpu::ShaderStages::COMPUTE,
+        ty: wgpu::BindingType::Buffer {
+            ty: wgpu::BufferBindingType::Storage { read_only },
+            has_dynamic_offset: false,
+            min_binding_size: None,
+        },
+        count: None,
+    }
+}
+
+pub(crate) fn layout(device: &wgpu::Device) -> wgpu::BindGroupLayout {
+    device.create_bind_group_layout(&wgpu::BindGroupLayoutDescriptor {
+        label: Some("cross_entropy"),
+        entries: &[
+            uniform_entry(0, std::mem::size_of::<Params>()),
+            storage_entry(1, true),  // logits chunk
+            storage_entry(2, true),  // dense targets chunk
+            storage_entry(3, true),  // labels
+            storage_entry(4, true),  // class weights
+            storage_entry(5, true),  // sample weights
+            storage_entry(6, false), // per-example losses
+            storage_entry(7, false), // partials
+        ],
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn plan_chunks_by_binding_size() {
+        let chunks = plan(64, 600_000, 1, 128 << 20).unwrap();
+        assert_eq!(chunks.len(), 2);
+        assert_eq!(chunks[0].rows, 55);
+        assert_eq!(chunks[1].first_row, 55);
+        assert_eq!(chunks[1].group_base, chunks[0].groups);
+        assert!(chunks.iter().all(|c| c.rows_per_group == 1));
+    }
+
+    #[test]
+    fn plan_keeps_trip_count_under_budget() {
+        for classes in [1, 10, 1000, 50_000, 600_000] {
+            for chunk in plan(200_000, classes, 2, u64::MAX / 4).unwrap() {
+                let trips = chunk.rows_per_group as u64 * trips_per_row(classes, 2);
+                assert!(trips <= TRIP_BUDGET || chunk.rows_per_group == 1);
+                assert!(trips < 65_535);
+            }
+        }
+    }
+
+    #[test]
+    fn plan_rejects_huge_rows() {
+        assert!(matches!(
+            plan(1, 100_000_000, 1, 1 << 40),
+            Err(Error::RowTooLarge { .. })
+        ));
+    }
+
+    #[test]
+    fn dispatch_covers_groups() {
+        assert_eq!(dispatch_size(1), (1, 1));
+        assert_eq!(dispatch_size(65_536), (65_535, 2));
+    }
+}

@@ -1,0 +1,143 @@
+//! Helpers shared by the integration tests.
+#![allow(dead_code)]
+
+use fused_loss::cpu::reference::{self, RowLoss};
+use fused_loss::{Batch, CrossEntropy, Engine, GpuOptions};
+
+/// The GPU engine. With `FUSED_LOSS_REQUIRE_GPU=1` (as in CI) a missing
+/// adapter fails the test; otherwise the test is skipped with a message.
+pub fn gpu() -> Option<Engine> {
+    gpu_with(GpuOptions::default())
+}
+
+pub fn gpu_with(options: GpuOptions) -> Option<Engine> {
+    match pollster::block_on(Engine::gpu_with(options)) {
+        Ok(engine) => Some(engine),
+        Err(e) if fused_loss::gpu_required() => {
+            panic!("FUSED_LOSS_REQUIRE_GPU=1 but no adapter: {e}")
+        }
+        Err(e) => {
+            eprintln!("skipping GPU test: {e}");
+            None
+        }
+    }
+}
+
+/// A small deterministic generator (SplitMix64) so tests need no seeds crate.
+pub struct Rng(u64);
+
+impl Rng {
+    pub fn new(seed: u64) -> Self {
+        Rng(seed)
+    }
+
+    pub fn next_u64(&mut self) -> u64 {
+        self.0 = self.0.wrapping_add(0x9E37_79B9_7F4A_7C15);
+        let mut z = self.0;
+        z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
+        z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
+        z ^ (z >> 31)
+    }
+
+    /// Uniform in [0, 1).
+    pub fn unit(&mut self) -> f32 {
+        (self.next_u64() >> 40) as f32 / (1u64 << 24) as f32
+    }
+
+    /// Uniform in [lo, hi).
+    pub fn uniform(&mut self, lo: f32, hi: f32) -> f32 {
+        lo + (hi - lo) * self.unit()
+    }
+
+    pub fn below(&mut self, n: usize) -> usize {
+        (self.next_u64() % n as u64) as usize
+    }
+
+    pub fn logits(&mut self, len: usize, scale: f32) -> Vec<f32> {
+        (0..len).map(|_| self.uniform(-scale, scale)).collect()
+    }
+
+    pub fn labels(&mut self, batch: usize, classes: usize) -> Vec<i32> {
+        (0..batch).map(|_| self.below(classes) as i32).collect()
+    }
+
+    /// Rows of non-negative values summing to 1.
+    pub fn distributions(&mut self, batch: usize, classes: usize) -> Vec<f32> {
+        let mut out = Vec::with_capacity(batch * classes);
+        for _ in 0..batch {
+            let row: Vec<f32> = (0..classes).map(|_| self.unit() + 1e-3).collect();
+            let total: f32 = row.iter().sum();
+            out.extend(row.iter().map(|v| v / total));
+        }
+        out
+    }
+}
+
+/// The documented per-example tolerance:
+/// `|Δ| ≤ 1e-5·(1 + |L_n| + Σ_c|a_c|·max_c|x_{n,c}|)`, where the coefficient
+/// sum `Σ|a_c|` is 1 for unweighted, unsmoothed labels.
+pub fn tolerance(row: &RowLoss, logits_row: &[f32]) -> f64 {
+    let max_abs = logits_row
+        .iter()
+        .filter(|x| x.is_finite())
+        .fold(0.0f64, |m, &x| m.max((x as f64).abs()));
+    1e-5 * (1.0 + row.loss.abs() + row.coefficient_sum * max_abs)
+}
+
+/// Same value, NaN equal to NaN and same-sign infinities equal.
+pub fn same_special(a: f64, b: f64) -> bool {
+    (a.is_nan() && b.is_nan()) || (a.is_infinite() && a == b)
+}
+
+/// Checks every per-example loss against the f64 reference; names the first
+/// offending row with both values.
+pub fn assert_matches_reference(spec: &CrossEntropy, batch: &Batch<'_>, got: &[f32]) {
+    let rows = reference::row_losses(spec, batch).expect("reference");
+    assert_eq!(rows.len(), got.len());
+    for (n, (row, &g)) in rows.iter().zip(got).enumerate() {
+        let g = g as f64;
+        if !row.loss.is_finite() || !g.is_finite() {
+            assert!(
+                same_special(row.loss, g),
+                "row {n}: gpu {g} vs reference {}",
+                row.loss
+            );
+            continue;
+        }
+        let c = batch.classes;
+        let tol = tolerance(row, &batch.logits[n * c..(n + 1) * c]);
+        assert!(
+            (g - row.loss).abs() <= tol,
+            "row {n}: gpu {g} vs reference {} (|Δ| = {:e} > tol {tol:e})",
+            row.loss,
+            (g - row.loss).abs()
+        );
+    }
+}
+
+/// The exact sum of f32 values (Neumaier in f64 is exact well past 1e-12).
+pub fn exact_sum(values: &[f32]) -> f64 {
+    let (mut sum, mut comp) = (0.0f64, 0.0f64);
+    for &v in values {
+        let v = v as f64;
+        let t = sum + v;
+        if sum.abs() >= v.abs() {
+            comp += (sum - t) + v;
+        } else {
+            comp += (v - t) + sum;
+        }
+        sum = t;
+    }
+    sum + comp
+}
+
+pub fn assert_rel(got: f64, want: f64, rel: f64, what: &str) {
+    if same_special(got, want) {
+        return;
+    }
+    let err = (got - want).abs() / want.abs().max(1e-300);
+    assert!(
+        err <= rel || (got - want).abs() <= 1e-300,
+        "{what}: got {got:e}, want {want:e}, relative error {err:e} > {rel:e}"
+    );
+}
