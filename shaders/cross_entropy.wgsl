@@ -28,7 +28,7 @@ struct Params {
     ignore_index: i32,
     label_smoothing: f32,
     class_weight_sum: f32, // Σ_c w_c
-    _pad0: u32,
+    _pad0: u32,           // always 0; see opaque()
     _pad1: u32,
 }
 
@@ -89,22 +89,28 @@ fn class_weight(c: u32) -> f32 {
     return 1.0;
 }
 
+// An identity the compiler cannot see through: the uniform word is always 0.
+// Without it, fast-math rewrites ((a + b) - a) to b and erases the two-sum.
+fn opaque(x: f32) -> f32 {
+    return bitcast<f32>(bitcast<u32>(x) ^ params._pad0);
+}
+
 // Error-free sum of two float-floats (Knuth two-sum, then renormalise).
 fn ff_add(a: vec2<f32>, b: vec2<f32>) -> vec2<f32> {
-    let s = a.x + b.x;
+    let s = opaque(a.x + b.x);
     if !is_finite(s) {
         return vec2<f32>(s, 0.0);
     }
-    let bb = s - a.x;
-    let e = (a.x - (s - bb)) + (b.x - bb);
-    let t = e + a.y + b.y;
-    let hi = s + t;
-    return vec2<f32>(hi, t - (hi - s));
+    let bb = opaque(s - a.x);
+    let e = (a.x - opaque(s - bb)) + (b.x - bb);
+    let t = opaque(e + a.y + b.y);
+    let hi = opaque(s + t);
+    return vec2<f32>(hi, t - opaque(hi - s));
 }
 
 // a·b as a float-float; where fma is not fused the low word is 0.
 fn two_prod(a: f32, b: f32) -> vec2<f32> {
-    let p = a * b;
+    let p = opaque(a * b);
     if !is_finite(p) {
         return vec2<f32>(p, 0.0);
     }
@@ -289,22 +295,22 @@ fn main(
                     omega = two_prod(sw, wy);
                     let hard = (1.0 - eps) * wy;
                     var nll = 0.0;
-                    var smooth = 0.0;
+                    var smoothed = 0.0;
                     if probabilities {
                         let ly = log(clamp(logits[base + u32(y)] / prob_sum, PROB_EPS, 1.0 - PROB_EPS));
                         if hard != 0.0 {
                             nll = -hard * ly;
                         }
-                        smooth = -eps_per_class * a_sum;
+                        smoothed = -eps_per_class * a_sum;
                     } else {
                         if hard != 0.0 {
                             nll = hard * ((m - logits[base + u32(y)]) + log(s));
                         }
                         if smoothing {
-                            smooth = eps_per_class * (((m - pivot) + log(s)) * params.class_weight_sum - a_sum);
+                            smoothed = eps_per_class * (((m - pivot) + log(s)) * params.class_weight_sum - a_sum);
                         }
                     }
-                    loss = nll + smooth;
+                    loss = nll + smoothed;
                 }
             }
             if counted {

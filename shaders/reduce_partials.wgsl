@@ -13,7 +13,7 @@ struct Params {
     count: u32,
     in_offset: u32,
     out_offset: u32,
-    _pad: u32,
+    _pad: u32, // always 0; see opaque()
 }
 
 // Keep in sync with gpu::Partial (and cross_entropy.wgsl).
@@ -38,16 +38,23 @@ fn is_finite(x: f32) -> bool {
     return (bitcast<u32>(x) & 0x7f800000u) != 0x7f800000u;
 }
 
+// An identity the compiler cannot see through: the uniform word is always 0.
+// Without it, fast-math rewrites ((a + b) - a) to b and erases the two-sum.
+fn opaque(x: f32) -> f32 {
+    return bitcast<f32>(bitcast<u32>(x) ^ params._pad);
+}
+
+// Error-free sum of two float-floats (Knuth two-sum, then renormalise).
 fn ff_add(a: vec2<f32>, b: vec2<f32>) -> vec2<f32> {
-    let s = a.x + b.x;
+    let s = opaque(a.x + b.x);
     if !is_finite(s) {
         return vec2<f32>(s, 0.0);
     }
-    let bb = s - a.x;
-    let e = (a.x - (s - bb)) + (b.x - bb);
-    let t = e + a.y + b.y;
-    let hi = s + t;
-    return vec2<f32>(hi, t - (hi - s));
+    let bb = opaque(s - a.x);
+    let e = (a.x - opaque(s - bb)) + (b.x - bb);
+    let t = opaque(e + a.y + b.y);
+    let hi = opaque(s + t);
+    return vec2<f32>(hi, t - opaque(hi - s));
 }
 
 // `a` covers lower rows than `b`.

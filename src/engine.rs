@@ -147,4 +147,3 @@ impl Engine {
         pollster::block_on(self.compute(spec, batch))
     }
 }
-

@@ -15,7 +15,10 @@ fn smoke() {
         let out = engine.compute_blocking(&spec, &batch).unwrap();
         assert_matches_reference(&spec, &batch, &out.per_example);
         let want = exact_sum(&out.per_example);
-        eprintln!("{b}x{c}: sum {} exact {} stats {:?}", out.stats.sum, want, out.stats);
+        eprintln!(
+            "{b}x{c}: sum {} exact {} stats {:?}",
+            out.stats.sum, want, out.stats
+        );
         assert_rel(out.stats.sum, want, 1e-12, "sum");
     }
 }

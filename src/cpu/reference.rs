@@ -35,7 +35,12 @@ fn log_probs(spec: &CrossEntropy, row: &[f32]) -> Option<Vec<f64>> {
             if max == f64::NEG_INFINITY {
                 return None;
             }
-            let lse = max + row.iter().map(|&x| (x as f64 - max).exp()).sum::<f64>().ln();
+            let lse = max
+                + row
+                    .iter()
+                    .map(|&x| (x as f64 - max).exp())
+                    .sum::<f64>()
+                    .ln();
             Some(row.iter().map(|&x| x as f64 - lse).collect())
         }
         InputKind::Probabilities => {

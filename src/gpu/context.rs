@@ -67,7 +67,8 @@ fn binding(buffer: &wgpu::Buffer, offset: u64, size: u64) -> wgpu::BindingResour
     })
 }
 
-const STORAGE_IN: wgpu::BufferUsages = wgpu::BufferUsages::STORAGE.union(wgpu::BufferUsages::COPY_DST);
+const STORAGE_IN: wgpu::BufferUsages =
+    wgpu::BufferUsages::STORAGE.union(wgpu::BufferUsages::COPY_DST);
 
 /// A wgpu device with the fused-loss pipelines built on it.
 ///
@@ -108,7 +109,9 @@ async fn select_adapter(instance: &wgpu::Instance) -> Result<wgpu::Adapter> {
         return adapters
             .into_iter()
             .find(|a| a.get_info().name.to_lowercase().contains(&wanted))
-            .ok_or_else(|| Error::NoAdapter(format!("no adapter matches WGPU_ADAPTER_NAME={wanted:?}")));
+            .ok_or_else(|| {
+                Error::NoAdapter(format!("no adapter matches WGPU_ADAPTER_NAME={wanted:?}"))
+            });
     }
     instance
         .request_adapter(&wgpu::RequestAdapterOptions {
@@ -166,8 +169,12 @@ impl GpuContext {
         let reduce_layout = reduce_partials::layout(&device);
         let cross_entropy_pipeline =
             pipeline(&device, "cross_entropy", ce::SHADER, &cross_entropy_layout);
-        let reduce_pipeline =
-            pipeline(&device, "reduce_partials", reduce_partials::SHADER, &reduce_layout);
+        let reduce_pipeline = pipeline(
+            &device,
+            "reduce_partials",
+            reduce_partials::SHADER,
+            &reduce_layout,
+        );
         let placeholder = device.create_buffer(&wgpu::BufferDescriptor {
             label: Some("placeholder"),
             size: 16,
@@ -178,7 +185,8 @@ impl GpuContext {
             return Err(Error::Gpu(e.to_string()));
         }
         let limits = device.limits();
-        let device_binding = (limits.max_storage_buffer_binding_size as u64).min(limits.max_buffer_size);
+        let device_binding =
+            (limits.max_storage_buffer_binding_size as u64).min(limits.max_buffer_size);
         let max_binding_bytes = options
             .max_binding_bytes
             .map_or(device_binding, |m| m.min(device_binding))
@@ -237,7 +245,12 @@ impl GpuContext {
         batch.validate(spec)?;
         if batch.batch == 0 {
             let stats = LossStats::default();
-            return Ok(LossOutput::new(Vec::new(), spec.reduction, stats, Backend::Gpu));
+            return Ok(LossOutput::new(
+                Vec::new(),
+                spec.reduction,
+                stats,
+                Backend::Gpu,
+            ));
         }
         let probabilities = spec.input == InputKind::Probabilities;
         let chunks = ce::plan(
@@ -252,8 +265,15 @@ impl GpuContext {
         let mut buffers = self.buffers.lock().await;
         let oom = self.device.push_error_scope(wgpu::ErrorFilter::OutOfMemory);
         let validation = self.device.push_error_scope(wgpu::ErrorFilter::Validation);
-        let (staging, staging_size, partial_offset) =
-            self.encode(&mut buffers, spec, batch, &chunks, total_groups, &reduce_passes, final_partial);
+        let (staging, staging_size, partial_offset) = self.encode(
+            &mut buffers,
+            spec,
+            batch,
+            &chunks,
+            total_groups,
+            &reduce_passes,
+            final_partial,
+        );
         let validation = validation.pop();
         let oom = oom.pop();
 
@@ -284,10 +304,10 @@ impl GpuContext {
                 .slice(..staging_size)
                 .get_mapped_range()
                 .map_err(|e| Error::Gpu(e.to_string()))?;
-            let per_example: Vec<f32> =
-                bytemuck::cast_slice(&view[..batch.batch * 4]).to_vec();
+            let per_example: Vec<f32> = bytemuck::cast_slice(&view[..batch.batch * 4]).to_vec();
             let partial: Partial = bytemuck::pod_read_unaligned(
-                &view[partial_offset as usize..partial_offset as usize + std::mem::size_of::<Partial>()],
+                &view[partial_offset as usize
+                    ..partial_offset as usize + std::mem::size_of::<Partial>()],
             );
             (per_example, partial)
         };
@@ -403,19 +423,37 @@ impl GpuContext {
         let batch_bytes = batch.batch as u64 * 4;
         let labels = match batch.targets {
             Targets::Labels(labels) => {
-                let buffer = ensure(&mut buffers.labels, device, "labels", batch_bytes, STORAGE_IN);
+                let buffer = ensure(
+                    &mut buffers.labels,
+                    device,
+                    "labels",
+                    batch_bytes,
+                    STORAGE_IN,
+                );
                 queue.write_buffer(&buffer, 0, bytemuck::cast_slice(labels));
                 Some(buffer)
             }
             Targets::Dense(_) => None,
         };
         let sample_weights = batch.sample_weights.map(|w| {
-            let buffer = ensure(&mut buffers.sample_weights, device, "sample_weights", batch_bytes, STORAGE_IN);
+            let buffer = ensure(
+                &mut buffers.sample_weights,
+                device,
+                "sample_weights",
+                batch_bytes,
+                STORAGE_IN,
+            );
             queue.write_buffer(&buffer, 0, bytemuck::cast_slice(w));
             buffer
         });
         let class_weights = spec.class_weights.as_ref().map(|w| {
-            let buffer = ensure(&mut buffers.class_weights, device, "class_weights", row_bytes, STORAGE_IN);
+            let buffer = ensure(
+                &mut buffers.class_weights,
+                device,
+                "class_weights",
+                row_bytes,
+                STORAGE_IN,
+            );
             queue.write_buffer(&buffer, 0, bytemuck::cast_slice(w));
             buffer
         });
@@ -446,17 +484,37 @@ impl GpuContext {
         );
 
         // Chunked inputs: logits and dense targets, one buffer per chunk.
-        buffers.logits.resize(buffers.logits.len().max(chunks.len()), None);
-        buffers.targets.resize(buffers.targets.len().max(chunks.len()), None);
+        buffers
+            .logits
+            .resize(buffers.logits.len().max(chunks.len()), None);
+        buffers
+            .targets
+            .resize(buffers.targets.len().max(chunks.len()), None);
         let mut bind_groups = Vec::with_capacity(chunks.len());
         for (i, chunk) in chunks.iter().enumerate() {
             let range = chunk.first_row * classes..(chunk.first_row + chunk.rows) * classes;
             let chunk_bytes = chunk.rows as u64 * row_bytes;
-            let logits = ensure(&mut buffers.logits[i], device, "logits", chunk_bytes, STORAGE_IN);
-            queue.write_buffer(&logits, 0, bytemuck::cast_slice(&batch.logits[range.clone()]));
+            let logits = ensure(
+                &mut buffers.logits[i],
+                device,
+                "logits",
+                chunk_bytes,
+                STORAGE_IN,
+            );
+            queue.write_buffer(
+                &logits,
+                0,
+                bytemuck::cast_slice(&batch.logits[range.clone()]),
+            );
             let targets = match batch.targets {
                 Targets::Dense(t) => {
-                    let buffer = ensure(&mut buffers.targets[i], device, "targets", chunk_bytes, STORAGE_IN);
+                    let buffer = ensure(
+                        &mut buffers.targets[i],
+                        device,
+                        "targets",
+                        chunk_bytes,
+                        STORAGE_IN,
+                    );
                     queue.write_buffer(&buffer, 0, bytemuck::cast_slice(&t[range]));
                     Some(buffer)
                 }
@@ -474,7 +532,10 @@ impl GpuContext {
                 label: Some("cross_entropy"),
                 layout: &self.cross_entropy_layout,
                 entries: &[
-                    entry(0, binding(&uniforms, 0, std::mem::size_of::<ce::Params>() as u64)),
+                    entry(
+                        0,
+                        binding(&uniforms, 0, std::mem::size_of::<ce::Params>() as u64),
+                    ),
                     entry(1, binding(&logits, 0, chunk_bytes)),
                     entry(2, binding(&targets, 0, targets_size)),
                     entry(3, binding(&labels, 0, labels_size)),
@@ -489,7 +550,14 @@ impl GpuContext {
             label: Some("reduce_partials"),
             layout: &self.reduce_layout,
             entries: &[
-                entry(0, binding(&uniforms, 0, std::mem::size_of::<reduce_partials::Params>() as u64)),
+                entry(
+                    0,
+                    binding(
+                        &uniforms,
+                        0,
+                        std::mem::size_of::<reduce_partials::Params>() as u64,
+                    ),
+                ),
                 entry(1, binding(&partials, 0, partial_count * partial_size)),
             ],
         });
