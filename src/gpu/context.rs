@@ -20,6 +20,10 @@ pub struct GpuOptions {
     /// device's `max_storage_buffer_binding_size` (rounded down to a
     /// multiple of 256). Lets tests exercise chunking on small inputs.
     pub max_binding_bytes: Option<u64>,
+    /// Rows each workgroup walks, instead of the planner's choice (still
+    /// capped by the loop-trip budget). For tuning, and for tests that need
+    /// more than 65,535 workgroups.
+    pub rows_per_group: Option<u32>,
 }
 
 /// Buffers kept between calls; each grows when a call needs more.
@@ -84,6 +88,7 @@ pub struct GpuContext {
     reduce_pipeline: wgpu::ComputePipeline,
     placeholder: wgpu::Buffer,
     max_binding_bytes: u64,
+    rows_per_group: Option<u32>,
     uniform_stride: u64,
     buffers: AsyncMutex<Buffers>,
     uncaptured: Arc<Mutex<Option<String>>>,
@@ -203,6 +208,7 @@ impl GpuContext {
             reduce_pipeline,
             placeholder,
             max_binding_bytes: max_binding_bytes.max(256),
+            rows_per_group: options.rows_per_group,
             uniform_stride,
             buffers: AsyncMutex::new(Buffers::default(), false),
             uncaptured,
@@ -258,6 +264,7 @@ impl GpuContext {
             batch.classes,
             if probabilities { 2 } else { 1 },
             self.max_binding_bytes,
+            self.rows_per_group,
         )?;
         let total_groups: u32 = chunks.iter().map(|c| c.groups).sum();
         let (reduce_passes, final_partial) = reduce_partials::plan(total_groups);

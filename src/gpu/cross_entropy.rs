@@ -73,6 +73,7 @@ pub(crate) fn plan(
     classes: usize,
     passes: u64,
     max_binding_bytes: u64,
+    rows_per_group: Option<u32>,
 ) -> Result<Vec<Chunk>> {
     let max_classes = max_classes(passes, max_binding_bytes);
     if classes > max_classes {
@@ -92,7 +93,8 @@ pub(crate) fn plan(
     let (mut first_row, mut group_base) = (0usize, 0u32);
     while first_row < batch {
         let rows = rows_per_chunk.min(batch - first_row);
-        let rows_per_group = rows.div_ceil(TARGET_GROUPS).clamp(1, max_rows_per_group);
+        let wanted = rows_per_group.map_or(rows.div_ceil(TARGET_GROUPS), |r| r as usize);
+        let rows_per_group = wanted.clamp(1, max_rows_per_group);
         let groups = rows.div_ceil(rows_per_group) as u32;
         chunks.push(Chunk {
             first_row,
@@ -161,7 +163,7 @@ mod tests {
 
     #[test]
     fn plan_chunks_by_binding_size() {
-        let chunks = plan(64, 600_000, 1, 128 << 20).unwrap();
+        let chunks = plan(64, 600_000, 1, 128 << 20, None).unwrap();
         assert_eq!(chunks.len(), 2);
         assert_eq!(chunks[0].rows, 55);
         assert_eq!(chunks[1].first_row, 55);
@@ -172,7 +174,7 @@ mod tests {
     #[test]
     fn plan_keeps_trip_count_under_budget() {
         for classes in [1, 10, 1000, 50_000, 600_000] {
-            for chunk in plan(200_000, classes, 2, u64::MAX / 4).unwrap() {
+            for chunk in plan(200_000, classes, 2, u64::MAX / 4, None).unwrap() {
                 let trips = chunk.rows_per_group as u64 * trips_per_row(classes, 2);
                 assert!(trips <= TRIP_BUDGET || chunk.rows_per_group == 1);
                 assert!(trips < 65_535);
@@ -183,7 +185,7 @@ mod tests {
     #[test]
     fn plan_rejects_huge_rows() {
         assert!(matches!(
-            plan(1, 100_000_000, 1, 1 << 40),
+            plan(1, 100_000_000, 1, 1 << 40, None),
             Err(Error::RowTooLarge { .. })
         ));
     }

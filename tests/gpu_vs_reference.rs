@@ -1,0 +1,382 @@
+//! Every option and reduction on the GPU against the f64 reference.
+//!
+//! Tolerances (documented in the README):
+//! - per-example: `|Δ| ≤ 1e-5·(1 + |L_n| + Σ_c|a_c|·max_c|x_{n,c}|)`;
+//! - `sum`: within 1e-12 relative of the exact sum of the returned f32 losses;
+//! - `weight_sum`, `sample_weight_sum`: within 1e-7 relative of the f64 reference
+//!   (exact where the adapter's `fma` is fused);
+//! - counts: exact.
+
+mod common;
+
+use common::*;
+use fused_loss::cpu::reference;
+use fused_loss::*;
+
+#[derive(Clone, Copy, Debug)]
+enum TargetKind {
+    Labels,
+    LabelsIgnored,
+    OneHot,
+    Soft,
+}
+
+struct Case {
+    logits: Vec<f32>,
+    labels: Vec<i32>,
+    dense: Vec<f32>,
+    sample_weights: Vec<f32>,
+    batch: usize,
+    classes: usize,
+}
+
+impl Case {
+    fn new(rng: &mut Rng, batch: usize, classes: usize, probabilities: bool) -> Case {
+        let logits = if probabilities {
+            rng.distributions(batch, classes)
+        } else {
+            rng.logits(batch * classes, 8.0)
+        };
+        let labels = rng.labels(batch, classes);
+        let dense = rng.distributions(batch, classes);
+        let sample_weights = (0..batch)
+            .map(|n| {
+                if n % 7 == 3 {
+                    0.0
+                } else {
+                    rng.uniform(0.1, 3.0)
+                }
+            })
+            .collect();
+        Case {
+            logits,
+            labels,
+            dense,
+            sample_weights,
+            batch,
+            classes,
+        }
+    }
+}
+
+fn one_hot(labels: &[i32], classes: usize) -> Vec<f32> {
+    let mut out = vec![0.0; labels.len() * classes];
+    for (n, &y) in labels.iter().enumerate() {
+        out[n * classes + y as usize] = 1.0;
+    }
+    out
+}
+
+/// Runs one configuration on the GPU and checks everything against the reference.
+fn check(engine: &Engine, spec: &CrossEntropy, batch: &Batch<'_>, what: &str) {
+    let gpu = engine
+        .compute_blocking(spec, batch)
+        .unwrap_or_else(|e| panic!("{what}: gpu failed: {e}"));
+    let cpu = reference::compute(spec, batch).unwrap();
+    assert_eq!(gpu.backend, Backend::Gpu);
+    assert_matches_reference(spec, batch, &gpu.per_example);
+    assert_rel(
+        gpu.stats.sum,
+        exact_sum(&gpu.per_example),
+        1e-12,
+        &format!("{what}: sum"),
+    );
+    assert_rel(
+        gpu.stats.weight_sum,
+        cpu.stats.weight_sum,
+        1e-7,
+        &format!("{what}: weight_sum"),
+    );
+    assert_rel(
+        gpu.stats.sample_weight_sum,
+        cpu.stats.sample_weight_sum,
+        1e-7,
+        &format!("{what}: sample_weight_sum"),
+    );
+    assert_eq!(gpu.stats.count, cpu.stats.count, "{what}: count");
+    assert_eq!(
+        gpu.stats.nonzero_count, cpu.stats.nonzero_count,
+        "{what}: nonzero_count"
+    );
+    assert_eq!(gpu.stats.batch, cpu.stats.batch, "{what}: batch");
+    assert_eq!(
+        gpu.stats.nonfinite_rows, cpu.stats.nonfinite_rows,
+        "{what}: nonfinite_rows"
+    );
+    // The reduced values follow from the stats on both sides.
+    let scale = 1e-5 * (1.0 + cpu.stats.sum.abs());
+    let denominator_rel =
+        |a: f64, b: f64| ((a - b).abs() <= 1e-5 * (1.0 + b.abs())) || same_special(a, b);
+    assert!(
+        (gpu.stats.sum - cpu.stats.sum).abs() <= scale * 10.0
+            || same_special(gpu.stats.sum, cpu.stats.sum),
+        "{what}: sum {} vs reference {}",
+        gpu.stats.sum,
+        cpu.stats.sum
+    );
+    assert!(
+        denominator_rel(gpu.loss, cpu.loss),
+        "{what}: loss {} vs {}",
+        gpu.loss,
+        cpu.loss
+    );
+    assert!(
+        denominator_rel(gpu.average_loss, cpu.average_loss),
+        "{what}: average_loss {} vs {}",
+        gpu.average_loss,
+        cpu.average_loss
+    );
+    assert_eq!(gpu.reduction, spec.reduction);
+    assert_eq!(
+        gpu.loss.to_bits(),
+        gpu.stats.reduce(spec.reduction).to_bits()
+    );
+}
+
+#[test]
+fn every_option_and_reduction_matches_reference() {
+    let Some(engine) = gpu() else { return };
+    let mut rng = Rng::new(7);
+    let mut runs = 0;
+    for &(batch, classes) in &[(1usize, 1usize), (9, 3), (40, 130), (6, 1001)] {
+        for probabilities in [false, true] {
+            let case = Case::new(&mut rng, batch, classes, probabilities);
+            let class_weights: Vec<f32> = (0..classes)
+                .map(|c| {
+                    if c % 5 == 2 {
+                        0.0
+                    } else {
+                        0.25 + (c % 4) as f32 * 0.5
+                    }
+                })
+                .collect();
+            let mut ignored_labels = case.labels.clone();
+            for (n, y) in ignored_labels.iter_mut().enumerate() {
+                if n % 4 == 1 {
+                    *y = -100;
+                }
+            }
+            let hot = one_hot(&case.labels, classes);
+            for kind in [
+                TargetKind::Labels,
+                TargetKind::LabelsIgnored,
+                TargetKind::OneHot,
+                TargetKind::Soft,
+            ] {
+                for with_class_weights in [false, true] {
+                    for with_sample_weights in [false, true] {
+                        for smoothing in [0.0f32, 0.1, 1.0] {
+                            let targets = match kind {
+                                TargetKind::Labels => Targets::Labels(&case.labels),
+                                TargetKind::LabelsIgnored => Targets::Labels(&ignored_labels),
+                                TargetKind::OneHot => Targets::Dense(&hot),
+                                TargetKind::Soft => Targets::Dense(&case.dense),
+                            };
+                            let batch = Batch {
+                                logits: &case.logits,
+                                batch: case.batch,
+                                classes: case.classes,
+                                targets,
+                                sample_weights: with_sample_weights
+                                    .then_some(&case.sample_weights[..]),
+                            };
+                            let mut spec = CrossEntropy::new().with_label_smoothing(smoothing);
+                            if probabilities {
+                                spec = spec.with_input(InputKind::Probabilities);
+                            }
+                            if with_class_weights {
+                                spec = spec.with_class_weights(class_weights.clone());
+                            }
+                            if matches!(kind, TargetKind::LabelsIgnored) {
+                                spec = spec.with_ignore_index(-100);
+                            }
+                            for reduction in Reduction::ALL {
+                                let spec = spec.clone().with_reduction(reduction);
+                                let what = format!(
+                                    "{batch_n}x{classes} probs={probabilities} {kind:?} cw={with_class_weights} \
+                                     sw={with_sample_weights} eps={smoothing} {reduction}",
+                                    batch_n = case.batch
+                                );
+                                check(&engine, &spec, &batch, &what);
+                                runs += 1;
+                            }
+                        }
+                    }
+                }
+            }
+        }
+    }
+    assert_eq!(runs, 4 * 2 * 4 * 2 * 2 * 3 * 5);
+}
+
+#[test]
+fn extreme_logits_match_reference() {
+    let Some(engine) = gpu() else { return };
+    let classes = 7;
+    let ninf = f32::NEG_INFINITY;
+    let rows: Vec<[f32; 7]> = vec![
+        [1e4, -1e4, 1e4, 0.0, -1e4, 5e3, 1e4],
+        [-1e4, -1e4, -1e4, -1e4, -1e4, -1e4, -1e4],
+        [3.0; 7],
+        [0.0, 0.0, 0.0, 88.0, 0.0, 0.0, 0.0],
+        [0.0, 0.0, 0.0, 1e30, 0.0, 0.0, 0.0],
+        [ninf, 2.0, ninf, 1.0, 0.5, ninf, ninf],
+        [ninf, 2.0, 3.0, ninf, ninf, ninf, ninf],
+        [-87.0, -88.0, -104.0, -1e4, -3e4, -1e5, -150.0],
+    ];
+    let logits: Vec<f32> = rows.iter().flatten().copied().collect();
+    let batch_rows = rows.len();
+    // Labels chosen to hit the huge logit, a masked class and plain classes.
+    let labels: Vec<i32> = vec![0, 3, 6, 3, 0, 1, 2, 5];
+    for smoothing in [0.0, 0.2] {
+        for with_weights in [false, true] {
+            let mut spec = CrossEntropy::new()
+                .with_label_smoothing(smoothing)
+                .with_reduction(Reduction::Sum);
+            if with_weights {
+                // Zero weight on the masked classes keeps smoothing finite.
+                spec = spec.with_class_weights(vec![0.0, 1.0, 2.0, 0.5, 1.0, 0.0, 0.0]);
+            }
+            let batch = Batch::with_labels(&logits, classes, &labels);
+            assert_eq!(batch.batch, batch_rows);
+            check(
+                &engine,
+                &spec,
+                &batch,
+                &format!("extreme eps={smoothing} weights={with_weights}"),
+            );
+        }
+    }
+}
+
+#[test]
+fn non_finite_rows_propagate_and_are_counted() {
+    let Some(engine) = gpu() else { return };
+    let nan = f32::NAN;
+    let inf = f32::INFINITY;
+    let ninf = f32::NEG_INFINITY;
+    let logits = vec![
+        0.0, 1.0, 2.0, //
+        nan, 1.0, 2.0, //
+        0.0, inf, 2.0, //
+        ninf, ninf, ninf, //
+        nan, nan, nan, // ignored: counts as 0
+        ninf, 1.0, 2.0, // label on a masked class: +inf
+    ];
+    let labels = vec![0, 1, 1, 0, -1, 0];
+    let spec = CrossEntropy::new()
+        .with_ignore_index(-1)
+        .with_reduction(Reduction::Mean);
+    let batch = Batch::with_labels(&logits, 3, &labels);
+    check(&engine, &spec, &batch, "non-finite");
+    let out = engine.compute_blocking(&spec, &batch).unwrap();
+    assert_eq!(out.stats.nonfinite_rows, 4);
+    assert!(
+        out.per_example[1].is_nan() && out.per_example[2].is_nan() && out.per_example[3].is_nan()
+    );
+    assert_eq!(out.per_example[4], 0.0);
+    assert_eq!(out.per_example[5], f32::INFINITY);
+    assert!(out.loss.is_nan());
+
+    let strict = spec.clone().with_check_finite(true);
+    match engine.compute_blocking(&strict, &batch) {
+        Err(Error::NonFiniteLoss { row }) => assert_eq!(row, 1),
+        other => panic!("expected NonFiniteLoss, got {other:?}"),
+    }
+    match reference::compute(&strict, &batch) {
+        Err(Error::NonFiniteLoss { row }) => assert_eq!(row, 1),
+        other => panic!("expected NonFiniteLoss, got {other:?}"),
+    }
+}
+
+#[test]
+fn empty_batch_gives_zero_loss() {
+    let Some(engine) = gpu() else { return };
+    let out = engine
+        .compute_blocking(&CrossEntropy::new(), &Batch::with_labels(&[], 4, &[]))
+        .unwrap();
+    assert!(out.per_example.is_empty());
+    assert_eq!(out.loss, 0.0);
+    assert_eq!(out.average_loss, 0.0);
+}
+
+#[test]
+fn chunked_and_two_dimensional_dispatch_match_reference() {
+    let mut rng = Rng::new(11);
+    // Logits cut into chunks of 4 KiB: 10 rows of 100 classes per binding.
+    let Some(chunked) = gpu_with(GpuOptions {
+        max_binding_bytes: Some(4096),
+        ..Default::default()
+    }) else {
+        return;
+    };
+    let (b, c) = (1003, 100);
+    let logits = rng.logits(b * c, 6.0);
+    let labels = rng.labels(b, c);
+    let dense = rng.distributions(b, c);
+    let weights: Vec<f32> = (0..b).map(|_| rng.uniform(0.0, 2.0)).collect();
+    let spec = CrossEntropy::new().with_label_smoothing(0.05);
+    check(
+        &chunked,
+        &spec,
+        &Batch::with_labels(&logits, c, &labels).sample_weights(&weights),
+        "chunked labels",
+    );
+    check(
+        &chunked,
+        &spec,
+        &Batch::with_dense(&logits, c, &dense),
+        "chunked dense",
+    );
+
+    // One row per workgroup and more than 65,535 rows: a 2-D grid and a
+    // three-level reduction.
+    let Some(one_row) = gpu_with(GpuOptions {
+        rows_per_group: Some(1),
+        ..Default::default()
+    }) else {
+        return;
+    };
+    let (b, c) = (70_001, 3);
+    let logits = rng.logits(b * c, 4.0);
+    let labels = rng.labels(b, c);
+    check(
+        &one_row,
+        &CrossEntropy::new(),
+        &Batch::with_labels(&logits, c, &labels),
+        "2-D dispatch",
+    );
+}
+
+#[test]
+fn caller_device_works() {
+    let instance =
+        wgpu::Instance::new(wgpu::InstanceDescriptor::new_without_display_handle_from_env());
+    let adapter = match pollster::block_on(instance.request_adapter(&Default::default())) {
+        Ok(adapter) => adapter,
+        Err(e) if !gpu_required() => {
+            eprintln!("skipping GPU test: {e}");
+            return;
+        }
+        Err(e) => panic!("FUSED_LOSS_REQUIRE_GPU=1 but no adapter: {e}"),
+    };
+    let (device, queue) = pollster::block_on(adapter.request_device(&Default::default())).unwrap();
+    let context = pollster::block_on(GpuContext::from_device(
+        device,
+        queue,
+        "caller's device",
+        GpuOptions::default(),
+    ))
+    .unwrap();
+    let engine = Engine::from_context(context);
+    assert_eq!(engine.adapter(), "caller's device");
+    let mut rng = Rng::new(3);
+    let logits = rng.logits(50 * 20, 3.0);
+    let labels = rng.labels(50, 20);
+    check(
+        &engine,
+        &CrossEntropy::new(),
+        &Batch::with_labels(&logits, 20, &labels),
+        "caller device",
+    );
+}

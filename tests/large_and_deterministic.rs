@@ -1,0 +1,85 @@
+//! Large shapes on the default limits, and bit-identical repeated runs.
+
+mod common;
+
+use common::*;
+use fused_loss::cpu::reference;
+use fused_loss::*;
+
+fn bits(out: &LossOutput) -> (Vec<u32>, [u64; 4]) {
+    (
+        out.per_example.iter().map(|v| v.to_bits()).collect(),
+        [
+            out.stats.sum.to_bits(),
+            out.stats.weight_sum.to_bits(),
+            out.loss.to_bits(),
+            out.average_loss.to_bits(),
+        ],
+    )
+}
+
+#[test]
+fn two_hundred_thousand_rows_of_ten() {
+    let Some(engine) = gpu() else { return };
+    let mut rng = Rng::new(200_000);
+    let (b, c) = (200_000, 10);
+    let logits = rng.logits(b * c, 10.0);
+    let labels = rng.labels(b, c);
+    let weights: Vec<f32> = (0..b).map(|_| rng.uniform(0.0, 2.0)).collect();
+    let batch = Batch::with_labels(&logits, c, &labels).sample_weights(&weights);
+    let spec = CrossEntropy::new().with_label_smoothing(0.1);
+    let first = engine.compute_blocking(&spec, &batch).unwrap();
+    assert_matches_reference(&spec, &batch, &first.per_example);
+    assert_rel(first.stats.sum, exact_sum(&first.per_example), 1e-12, "sum");
+    let cpu = reference::compute(&spec, &batch).unwrap();
+    assert_rel(first.loss, cpu.loss, 1e-6, "mean loss");
+    assert_rel(first.average_loss, cpu.average_loss, 1e-6, "average_loss");
+    for _ in 0..2 {
+        let again = engine.compute_blocking(&spec, &batch).unwrap();
+        assert_eq!(bits(&first), bits(&again), "repeated runs differ");
+    }
+}
+
+#[test]
+fn row_of_six_hundred_thousand_classes_beyond_the_binding_limit() {
+    let Some(engine) = gpu() else { return };
+    let (b, c) = (64, 600_000);
+    // 153.6 MB of logits: above the 128 MiB binding limit, so it is chunked,
+    // and a naive one-thread-per-row loop would pass lavapipe's 65,535 trips.
+    let mut rng = Rng::new(600_000);
+    let logits = rng.logits(b * c, 12.0);
+    let labels = rng.labels(b, c);
+    let context = engine.gpu_context().unwrap();
+    assert!(
+        (b * c * 4) as u64 > context.max_binding_bytes() || context.max_binding_bytes() > 128 << 20,
+        "the test must exceed the binding limit where the limit is 128 MiB"
+    );
+    let spec = CrossEntropy::new().with_reduction(Reduction::Sum);
+    let batch = Batch::with_labels(&logits, c, &labels);
+    let out = engine.compute_blocking(&spec, &batch).unwrap();
+    assert_matches_reference(&spec, &batch, &out.per_example);
+    assert_rel(out.stats.sum, exact_sum(&out.per_example), 1e-12, "sum");
+    let again = engine.compute_blocking(&spec, &batch).unwrap();
+    assert_eq!(bits(&out), bits(&again));
+}
+
+#[test]
+fn repeated_runs_are_bit_identical_across_options() {
+    let Some(engine) = gpu() else { return };
+    let mut rng = Rng::new(5);
+    let (b, c) = (3000, 257);
+    let logits = rng.logits(b * c, 5.0);
+    let dense = rng.distributions(b, c);
+    let weights: Vec<f32> = (0..b).map(|_| rng.uniform(0.0, 2.0)).collect();
+    let spec = CrossEntropy::new()
+        .with_class_weights((0..c).map(|i| 0.5 + (i % 3) as f32).collect())
+        .with_label_smoothing(0.3);
+    let batch = Batch::with_dense(&logits, c, &dense).sample_weights(&weights);
+    let first = engine.compute_blocking(&spec, &batch).unwrap();
+    for _ in 0..3 {
+        assert_eq!(
+            bits(&first),
+            bits(&engine.compute_blocking(&spec, &batch).unwrap())
+        );
+    }
+}
