@@ -1,1 +1,60 @@
-fn main() {}
+//! Criterion skeleton: the GPU path and the CPU reference side by side, in
+//! model bytes per second (DESIGN §6: `B·C·4 + B·12`). End-to-end times:
+//! upload, kernel, reduction and readback for the GPU.
+//!
+//! Run: `cargo bench --bench cross_entropy`
+
+use criterion::{criterion_group, criterion_main, BenchmarkId, Criterion, Throughput};
+use fused_loss::{Batch, CrossEntropy, Engine};
+
+const SHAPES: [(usize, usize); 4] = [(32, 10), (65_536, 10), (4096, 1000), (256, 32_000)];
+
+fn synthetic(batch: usize, classes: usize) -> (Vec<f32>, Vec<i32>) {
+    let mut state = 0x2545_f491_4f6c_dd1du64;
+    let mut next = || {
+        state ^= state << 13;
+        state ^= state >> 7;
+        state ^= state << 17;
+        state
+    };
+    let logits = (0..batch * classes)
+        .map(|_| (next() >> 40) as f32 / (1u64 << 24) as f32 * 8.0 - 4.0)
+        .collect();
+    let labels = (0..batch)
+        .map(|_| (next() % classes as u64) as i32)
+        .collect();
+    (logits, labels)
+}
+
+fn bench(c: &mut Criterion) {
+    let gpu = match Engine::gpu_blocking() {
+        Ok(engine) => Some(engine),
+        Err(e) => {
+            eprintln!("no GPU adapter, benchmarking the CPU only: {e}");
+            None
+        }
+    };
+    let cpu = Engine::cpu();
+    let spec = CrossEntropy::new();
+    for (batch, classes) in SHAPES {
+        let (logits, labels) = synthetic(batch, classes);
+        let input = Batch::with_labels(&logits, classes, &labels);
+        let mut group = c.benchmark_group(format!("cross_entropy/{batch}x{classes}"));
+        group.throughput(Throughput::Bytes((batch * classes * 4 + batch * 12) as u64));
+        group.sample_size(10);
+        if let Some(gpu) = &gpu {
+            // Warm up: pipelines compile lazily at the first dispatch.
+            gpu.compute_blocking(&spec, &input).unwrap();
+            group.bench_function(BenchmarkId::new("gpu", gpu.adapter()), |b| {
+                b.iter(|| gpu.compute_blocking(&spec, &input).unwrap())
+            });
+        }
+        group.bench_function("cpu-reference", |b| {
+            b.iter(|| cpu.compute_blocking(&spec, &input).unwrap())
+        });
+        group.finish();
+    }
+}
+
+criterion_group!(benches, bench);
+criterion_main!(benches);

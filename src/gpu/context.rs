@@ -190,8 +190,9 @@ impl GpuContext {
             return Err(Error::Gpu(e.to_string()));
         }
         let limits = device.limits();
-        let device_binding =
-            (limits.max_storage_buffer_binding_size as u64).min(limits.max_buffer_size);
+        let device_binding = limits
+            .max_storage_buffer_binding_size
+            .min(limits.max_buffer_size);
         let max_binding_bytes = options
             .max_binding_bytes
             .map_or(device_binding, |m| m.min(device_binding))
