@@ -66,3 +66,8 @@ pub use error::{Error, Result};
 pub use gpu::{GpuContext, GpuOptions};
 pub use output::{Backend, LossOutput, LossStats};
 pub use spec::{Batch, CrossEntropy, InputKind, Reduction, Targets, PROBABILITY_EPSILON};
+
+/// The README's examples run as doctests.
+#[cfg(doctest)]
+#[doc = include_str!("../README.md")]
+pub struct ReadmeDoctests;
