@@ -71,12 +71,12 @@ impl Engine {
         pollster::block_on(Engine::auto())
     }
 
-    /// The GPU, or [`Error::NoAdapter`].
+    /// The GPU, or [`Error::NoAdapter`](crate::Error::NoAdapter).
     pub async fn gpu() -> Result<Engine> {
         Engine::gpu_with(GpuOptions::default()).await
     }
 
-    /// The GPU with options, or [`Error::NoAdapter`].
+    /// The GPU with options, or [`Error::NoAdapter`](crate::Error::NoAdapter).
     pub async fn gpu_with(options: GpuOptions) -> Result<Engine> {
         let context = GpuContext::new(options).await?;
         context.capture_uncaptured_errors();
