@@ -63,7 +63,7 @@ mod spec;
 
 pub use engine::{gpu_required, Engine, REQUIRE_GPU_ENV};
 pub use error::{Error, Result};
-pub use gpu::{GpuContext, GpuOptions};
+pub use gpu::{GpuContext, GpuOptions, KernelVariant};
 pub use output::{Backend, LossOutput, LossStats};
 pub use spec::{Batch, CrossEntropy, InputKind, Reduction, Targets, PROBABILITY_EPSILON};
 

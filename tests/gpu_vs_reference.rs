@@ -74,7 +74,15 @@ fn check(engine: &Engine, spec: &CrossEntropy, batch: &Batch<'_>, what: &str) {
         .unwrap_or_else(|e| panic!("{what}: gpu failed: {e}"));
     let cpu = reference::compute(spec, batch).unwrap();
     assert_eq!(gpu.backend, Backend::Gpu);
-    assert_matches_reference(spec, batch, &gpu.per_example);
+    let context =
+        std::panic::AssertUnwindSafe(|| assert_matches_reference(spec, batch, &gpu.per_example));
+    if let Err(panic) = std::panic::catch_unwind(context) {
+        eprintln!(
+            "failed case: {what} on {:?}",
+            engine.gpu_context().map(|c| c.kernel())
+        );
+        std::panic::resume_unwind(panic);
+    }
     assert_rel(
         gpu.stats.sum,
         exact_sum(&gpu.per_example),
@@ -135,7 +143,7 @@ fn check(engine: &Engine, spec: &CrossEntropy, batch: &Batch<'_>, what: &str) {
 
 #[test]
 fn every_option_and_reduction_matches_reference() {
-    let Some(engine) = gpu() else { return };
+    let engines = gpu_variants();
     let mut rng = Rng::new(7);
     let mut runs = 0;
     for &(batch, classes) in &[(1usize, 1usize), (9, 3), (40, 130), (6, 1001)] {
@@ -197,7 +205,9 @@ fn every_option_and_reduction_matches_reference() {
                                      sw={with_sample_weights} eps={smoothing} {reduction}",
                                     batch_n = case.batch
                                 );
-                                check(&engine, &spec, &batch, &what);
+                                for engine in &engines {
+                                    check(engine, &spec, &batch, &what);
+                                }
                                 runs += 1;
                             }
                         }
@@ -211,81 +221,85 @@ fn every_option_and_reduction_matches_reference() {
 
 #[test]
 fn extreme_logits_match_reference() {
-    let Some(engine) = gpu() else { return };
-    let classes = 7;
-    let ninf = f32::NEG_INFINITY;
-    let rows: Vec<[f32; 7]> = vec![
-        [1e4, -1e4, 1e4, 0.0, -1e4, 5e3, 1e4],
-        [-1e4, -1e4, -1e4, -1e4, -1e4, -1e4, -1e4],
-        [3.0; 7],
-        [0.0, 0.0, 0.0, 88.0, 0.0, 0.0, 0.0],
-        [0.0, 0.0, 0.0, 1e30, 0.0, 0.0, 0.0],
-        [ninf, 2.0, ninf, 1.0, 0.5, ninf, ninf],
-        [ninf, 2.0, 3.0, ninf, ninf, ninf, ninf],
-        [-87.0, -88.0, -104.0, -1e4, -3e4, -1e5, -150.0],
-    ];
-    let logits: Vec<f32> = rows.iter().flatten().copied().collect();
-    let batch_rows = rows.len();
-    // Labels chosen to hit the huge logit, a masked class and plain classes.
-    let labels: Vec<i32> = vec![0, 3, 6, 3, 0, 1, 2, 5];
-    for smoothing in [0.0, 0.2] {
-        for with_weights in [false, true] {
-            let mut spec = CrossEntropy::new()
-                .with_label_smoothing(smoothing)
-                .with_reduction(Reduction::Sum);
-            if with_weights {
-                // Zero weight on the masked classes keeps smoothing finite.
-                spec = spec.with_class_weights(vec![0.0, 1.0, 2.0, 0.5, 1.0, 0.0, 0.0]);
+    for engine in gpu_variants() {
+        let classes = 7;
+        let ninf = f32::NEG_INFINITY;
+        let rows: Vec<[f32; 7]> = vec![
+            [1e4, -1e4, 1e4, 0.0, -1e4, 5e3, 1e4],
+            [-1e4, -1e4, -1e4, -1e4, -1e4, -1e4, -1e4],
+            [3.0; 7],
+            [0.0, 0.0, 0.0, 88.0, 0.0, 0.0, 0.0],
+            [0.0, 0.0, 0.0, 1e30, 0.0, 0.0, 0.0],
+            [ninf, 2.0, ninf, 1.0, 0.5, ninf, ninf],
+            [ninf, 2.0, 3.0, ninf, ninf, ninf, ninf],
+            [-87.0, -88.0, -104.0, -1e4, -3e4, -1e5, -150.0],
+        ];
+        let logits: Vec<f32> = rows.iter().flatten().copied().collect();
+        let batch_rows = rows.len();
+        // Labels chosen to hit the huge logit, a masked class and plain classes.
+        let labels: Vec<i32> = vec![0, 3, 6, 3, 0, 1, 2, 5];
+        for smoothing in [0.0, 0.2] {
+            for with_weights in [false, true] {
+                let mut spec = CrossEntropy::new()
+                    .with_label_smoothing(smoothing)
+                    .with_reduction(Reduction::Sum);
+                if with_weights {
+                    // Zero weight on the masked classes keeps smoothing finite.
+                    spec = spec.with_class_weights(vec![0.0, 1.0, 2.0, 0.5, 1.0, 0.0, 0.0]);
+                }
+                let batch = Batch::with_labels(&logits, classes, &labels);
+                assert_eq!(batch.batch, batch_rows);
+                check(
+                    &engine,
+                    &spec,
+                    &batch,
+                    &format!("extreme eps={smoothing} weights={with_weights}"),
+                );
             }
-            let batch = Batch::with_labels(&logits, classes, &labels);
-            assert_eq!(batch.batch, batch_rows);
-            check(
-                &engine,
-                &spec,
-                &batch,
-                &format!("extreme eps={smoothing} weights={with_weights}"),
-            );
         }
     }
 }
 
 #[test]
 fn non_finite_rows_propagate_and_are_counted() {
-    let Some(engine) = gpu() else { return };
-    let nan = f32::NAN;
-    let inf = f32::INFINITY;
-    let ninf = f32::NEG_INFINITY;
-    let logits = vec![
-        0.0, 1.0, 2.0, //
-        nan, 1.0, 2.0, //
-        0.0, inf, 2.0, //
-        ninf, ninf, ninf, //
-        nan, nan, nan, // ignored: counts as 0
-        ninf, 1.0, 2.0, // label on a masked class: +inf
-    ];
-    let labels = vec![0, 1, 1, 0, -1, 0];
-    let spec = CrossEntropy::new()
-        .with_ignore_index(-1)
-        .with_reduction(Reduction::Mean);
-    let batch = Batch::with_labels(&logits, 3, &labels);
-    check(&engine, &spec, &batch, "non-finite");
-    let out = engine.compute_blocking(&spec, &batch).unwrap();
-    assert_eq!(out.stats.nonfinite_rows, 4);
-    assert!(
-        out.per_example[1].is_nan() && out.per_example[2].is_nan() && out.per_example[3].is_nan()
-    );
-    assert_eq!(out.per_example[4], 0.0);
-    assert_eq!(out.per_example[5], f32::INFINITY);
-    assert!(out.loss.is_nan());
+    for engine in gpu_variants() {
+        let nan = f32::NAN;
+        let inf = f32::INFINITY;
+        let ninf = f32::NEG_INFINITY;
+        let logits = vec![
+            0.0, 1.0, 2.0, //
+            nan, 1.0, 2.0, //
+            0.0, inf, 2.0, //
+            ninf, ninf, ninf, //
+            nan, nan, nan, // ignored: counts as 0
+            ninf, 1.0, 2.0, // label on a masked class: +inf
+        ];
+        let labels = vec![0, 1, 1, 0, -1, 0];
+        let spec = CrossEntropy::new()
+            .with_ignore_index(-1)
+            .with_reduction(Reduction::Mean);
+        let batch = Batch::with_labels(&logits, 3, &labels);
+        check(&engine, &spec, &batch, "non-finite");
+        let out = engine.compute_blocking(&spec, &batch).unwrap();
+        assert_eq!(out.stats.nonfinite_rows, 4);
+        assert!(
+            out.per_example[1].is_nan()
+                && out.per_example[2].is_nan()
+                && out.per_example[3].is_nan()
+        );
+        assert_eq!(out.per_example[4], 0.0);
+        assert_eq!(out.per_example[5], f32::INFINITY);
+        assert!(out.loss.is_nan());
 
-    let strict = spec.clone().with_check_finite(true);
-    match engine.compute_blocking(&strict, &batch) {
-        Err(Error::NonFiniteLoss { row }) => assert_eq!(row, 1),
-        other => panic!("expected NonFiniteLoss, got {other:?}"),
-    }
-    match reference::compute(&strict, &batch) {
-        Err(Error::NonFiniteLoss { row }) => assert_eq!(row, 1),
-        other => panic!("expected NonFiniteLoss, got {other:?}"),
+        let strict = spec.clone().with_check_finite(true);
+        match engine.compute_blocking(&strict, &batch) {
+            Err(Error::NonFiniteLoss { row }) => assert_eq!(row, 1),
+            other => panic!("expected NonFiniteLoss, got {other:?}"),
+        }
+        match reference::compute(&strict, &batch) {
+            Err(Error::NonFiniteLoss { row }) => assert_eq!(row, 1),
+            other => panic!("expected NonFiniteLoss, got {other:?}"),
+        }
     }
 }
 

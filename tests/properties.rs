@@ -3,7 +3,7 @@
 
 mod common;
 
-use common::{assert_matches_reference, assert_rel, exact_sum, gpu, Rng};
+use common::{assert_matches_reference, assert_rel, exact_sum, gpu_with, Rng};
 use fused_loss::*;
 use proptest::prelude::*;
 
@@ -27,8 +27,9 @@ proptest! {
         dense in any::<bool>(),
         weighted in any::<bool>(),
         reduction in prop::sample::select(Reduction::ALL.to_vec()),
+        kernel in prop::sample::select(vec![None, Some(KernelVariant::Wide), Some(KernelVariant::Narrow)]),
     ) {
-        let Some(engine) = gpu() else { return Ok(()) };
+        let Some(engine) = gpu_with(GpuOptions { kernel, ..Default::default() }) else { return Ok(()) };
         let mut rng = Rng::new(seed);
         let logits = rng.logits(b * c, 20.0);
         let labels = rng.labels(b, c);

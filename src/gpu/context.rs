@@ -7,8 +7,8 @@ use std::sync::{Arc, Mutex};
 
 use futures_intrusive::sync::Mutex as AsyncMutex;
 
-use super::cross_entropy::{self as ce, Chunk};
-use super::{reduce_partials, Partial, NO_ROW};
+use super::cross_entropy::{self as ce, Chunk, KernelVariant};
+use super::{reduce_partials, shader_source, Kernel, Partial, NO_ROW};
 use crate::error::{Error, Result};
 use crate::output::{Backend, LossOutput, LossStats};
 use crate::spec::{Batch, CrossEntropy, InputKind, Targets};
@@ -24,6 +24,8 @@ pub struct GpuOptions {
     /// capped by the loop-trip budget). For tuning, and for tests that need
     /// more than 65,535 workgroups.
     pub rows_per_group: Option<u32>,
+    /// Use this kernel for every shape instead of choosing by class count.
+    pub kernel: Option<KernelVariant>,
 }
 
 /// Buffers kept between calls; each grows when a call needs more.
@@ -83,12 +85,14 @@ pub struct GpuContext {
     queue: wgpu::Queue,
     adapter: String,
     cross_entropy_layout: wgpu::BindGroupLayout,
-    cross_entropy_pipeline: wgpu::ComputePipeline,
+    wide_pipeline: wgpu::ComputePipeline,
+    narrow_pipeline: wgpu::ComputePipeline,
     reduce_layout: wgpu::BindGroupLayout,
     reduce_pipeline: wgpu::ComputePipeline,
     placeholder: wgpu::Buffer,
     max_binding_bytes: u64,
     rows_per_group: Option<u32>,
+    kernel: Option<KernelVariant>,
     uniform_stride: u64,
     buffers: AsyncMutex<Buffers>,
     uncaptured: Arc<Mutex<Option<String>>>,
@@ -172,14 +176,9 @@ impl GpuContext {
         let scope = device.push_error_scope(wgpu::ErrorFilter::Validation);
         let cross_entropy_layout = ce::layout(&device);
         let reduce_layout = reduce_partials::layout(&device);
-        let cross_entropy_pipeline =
-            pipeline(&device, "cross_entropy", ce::SHADER, &cross_entropy_layout);
-        let reduce_pipeline = pipeline(
-            &device,
-            "reduce_partials",
-            reduce_partials::SHADER,
-            &reduce_layout,
-        );
+        let wide_pipeline = pipeline(&device, Kernel::Wide, &cross_entropy_layout);
+        let narrow_pipeline = pipeline(&device, Kernel::Narrow, &cross_entropy_layout);
+        let reduce_pipeline = pipeline(&device, Kernel::Reduce, &reduce_layout);
         let placeholder = device.create_buffer(&wgpu::BufferDescriptor {
             label: Some("placeholder"),
             size: 16,
@@ -204,12 +203,14 @@ impl GpuContext {
             queue,
             adapter: adapter.into(),
             cross_entropy_layout,
-            cross_entropy_pipeline,
+            wide_pipeline,
+            narrow_pipeline,
             reduce_layout,
             reduce_pipeline,
             placeholder,
             max_binding_bytes: max_binding_bytes.max(256),
             rows_per_group: options.rows_per_group,
+            kernel: options.kernel,
             uniform_stride,
             buffers: AsyncMutex::new(Buffers::default(), false),
             uncaptured,
@@ -242,6 +243,11 @@ impl GpuContext {
         &self.queue
     }
 
+    /// The kernel forced by [`GpuOptions::kernel`], if any.
+    pub fn kernel(&self) -> Option<KernelVariant> {
+        self.kernel
+    }
+
     /// The most logits bytes bound at once; larger inputs are chunked.
     pub fn max_binding_bytes(&self) -> u64 {
         self.max_binding_bytes
@@ -260,7 +266,12 @@ impl GpuContext {
             ));
         }
         let probabilities = spec.input == InputKind::Probabilities;
+        let variant = self
+            .kernel
+            .unwrap_or_else(|| KernelVariant::for_classes(batch.classes))
+            .effective(batch.classes);
         let chunks = ce::plan(
+            variant,
             batch.batch,
             batch.classes,
             if probabilities { 2 } else { 1 },
@@ -277,8 +288,8 @@ impl GpuContext {
             &mut buffers,
             spec,
             batch,
+            variant,
             &chunks,
-            total_groups,
             &reduce_passes,
             final_partial,
         );
@@ -355,8 +366,8 @@ impl GpuContext {
         buffers: &mut Buffers,
         spec: &CrossEntropy,
         batch: &Batch<'_>,
+        variant: KernelVariant,
         chunks: &[Chunk],
-        total_groups: u32,
         reduce_passes: &[reduce_partials::Params],
         final_partial: u32,
     ) -> (wgpu::Buffer, u64, u64) {
@@ -406,8 +417,8 @@ impl GpuContext {
                 ignore_index: spec.ignore_index.unwrap_or(0),
                 label_smoothing: spec.label_smoothing,
                 class_weight_sum: class_weight_sum as f32,
-                _pad0: 0,
-                _pad1: 0,
+                zero: 0,
+                _pad: 0,
             };
             let at = i * stride as usize;
             uniform_bytes[at..at + std::mem::size_of::<ce::Params>()]
@@ -578,7 +589,10 @@ impl GpuContext {
                 label: Some("fused-loss"),
                 timestamp_writes: None,
             });
-            pass.set_pipeline(&self.cross_entropy_pipeline);
+            pass.set_pipeline(match variant {
+                KernelVariant::Wide => &self.wide_pipeline,
+                KernelVariant::Narrow => &self.narrow_pipeline,
+            });
             for (i, (chunk, group)) in chunks.iter().zip(&bind_groups).enumerate() {
                 pass.set_bind_group(0, group, &[(i as u64 * stride) as u32]);
                 let (x, y) = ce::dispatch_size(chunk.groups);
@@ -593,7 +607,6 @@ impl GpuContext {
                 pass.dispatch_workgroups(x, y, 1);
             }
         }
-        debug_assert!(total_groups >= 1);
         encoder.copy_buffer_to_buffer(&per_example, 0, &staging, 0, batch_bytes);
         encoder.copy_buffer_to_buffer(
             &partials,
@@ -613,13 +626,17 @@ fn entry(binding: u32, resource: wgpu::BindingResource<'_>) -> wgpu::BindGroupEn
 
 fn pipeline(
     device: &wgpu::Device,
-    label: &'static str,
-    source: &'static str,
+    kernel: Kernel,
     layout: &wgpu::BindGroupLayout,
 ) -> wgpu::ComputePipeline {
+    let label = match kernel {
+        Kernel::Wide => "cross_entropy_wide",
+        Kernel::Narrow => "cross_entropy_narrow",
+        Kernel::Reduce => "reduce_partials",
+    };
     let module = device.create_shader_module(wgpu::ShaderModuleDescriptor {
         label: Some(label),
-        source: wgpu::ShaderSource::Wgsl(Cow::Borrowed(source)),
+        source: wgpu::ShaderSource::Wgsl(Cow::Owned(shader_source(kernel))),
     });
     let pipeline_layout = device.create_pipeline_layout(&wgpu::PipelineLayoutDescriptor {
         label: Some(label),

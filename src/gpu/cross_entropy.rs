@@ -1,14 +1,60 @@
-//! Host side of `shaders/cross_entropy.wgsl`: the uniform, the bind group
-//! layout, and how a batch is cut into chunks and workgroups.
+//! Host side of `shaders/cross_entropy_wide.wgsl` and
+//! `shaders/cross_entropy_narrow.wgsl` (both built on
+//! `shaders/cross_entropy_row.wgsl`): the uniform, the bind group layout, the
+//! choice of kernel, and how a batch is cut into chunks and workgroups.
 
 use bytemuck::{Pod, Zeroable};
 
 use crate::error::{Error, Result};
 
-/// Threads per workgroup; keep in sync with `WG` in the shader.
-pub(crate) const WORKGROUP_SIZE: u32 = 128;
+/// Threads per workgroup of the wide kernel; keep in sync with `WG` in
+/// `cross_entropy_wide.wgsl`.
+pub(crate) const WIDE_WORKGROUP_SIZE: u32 = 128;
+/// Threads per workgroup of the narrow kernel; keep in sync with `WG` in
+/// `cross_entropy_narrow.wgsl`.
+pub(crate) const NARROW_WORKGROUP_SIZE: u32 = 128;
+/// Rows of at most this many classes go to the narrow kernel by default.
+pub(crate) const NARROW_DEFAULT_MAX_CLASSES: usize = 64;
+/// The narrow kernel sums a row sequentially in one invocation; past this
+/// many classes its f32 sums lose the core's accuracy, so wider rows always
+/// use the wide kernel.
+pub(crate) const NARROW_MAX_CLASSES: usize = 256;
 
-pub(crate) const SHADER: &str = include_str!("../../shaders/cross_entropy.wgsl");
+pub(crate) const ROW_SHADER: &str = include_str!("../../shaders/cross_entropy_row.wgsl");
+pub(crate) const WIDE_SHADER: &str = include_str!("../../shaders/cross_entropy_wide.wgsl");
+pub(crate) const NARROW_SHADER: &str = include_str!("../../shaders/cross_entropy_narrow.wgsl");
+
+/// Which fused kernel computes the rows.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum KernelVariant {
+    /// A workgroup per row, threads striding over the classes, with a
+    /// shared-memory tree per row. For wide rows.
+    Wide,
+    /// An invocation per row with no barrier per row. For narrow rows (at
+    /// most 256 classes; wider rows use [`KernelVariant::Wide`]).
+    Narrow,
+}
+
+impl KernelVariant {
+    /// The default choice for `classes`.
+    pub fn for_classes(classes: usize) -> KernelVariant {
+        if classes <= NARROW_DEFAULT_MAX_CLASSES {
+            KernelVariant::Narrow
+        } else {
+            KernelVariant::Wide
+        }
+    }
+
+    /// The kernel that runs when `self` is asked for: the narrow kernel
+    /// only takes rows of at most 256 classes.
+    pub fn effective(self, classes: usize) -> KernelVariant {
+        if self == KernelVariant::Narrow && classes > NARROW_MAX_CLASSES {
+            KernelVariant::Wide
+        } else {
+            self
+        }
+    }
+}
 
 pub(crate) const FLAG_DENSE: u32 = 1;
 pub(crate) const FLAG_PROBABILITIES: u32 = 2;
@@ -39,8 +85,9 @@ pub(crate) struct Params {
     pub ignore_index: i32,
     pub label_smoothing: f32,
     pub class_weight_sum: f32,
-    pub _pad0: u32,
-    pub _pad1: u32,
+    /// Always 0: the shaders' `opaque()` XORs with it.
+    pub zero: u32,
+    pub _pad: u32,
 }
 
 /// A run of rows whose logits fit one storage binding.
@@ -53,29 +100,39 @@ pub(crate) struct Chunk {
     pub group_base: u32,
 }
 
-/// The loop trips one row costs an invocation: the class loops plus the
-/// workgroup tree.
-fn trips_per_row(classes: usize, passes: u64) -> u64 {
-    passes * (classes as u64).div_ceil(WORKGROUP_SIZE as u64) + 2 * 8 + 4
+/// The loop trips one row costs the invocations that work on it: the class
+/// loops plus, for the wide kernel, the workgroup trees.
+fn trips_per_row(variant: KernelVariant, classes: usize, passes: u64) -> u64 {
+    match variant {
+        KernelVariant::Wide => {
+            passes * (classes as u64).div_ceil(WIDE_WORKGROUP_SIZE as u64) + 2 * 8 + 4
+        }
+        KernelVariant::Narrow => passes * classes as u64 + 4,
+    }
 }
 
-/// The most classes one row may have on a device whose bindings hold
-/// `max_binding_bytes`.
-pub(crate) fn max_classes(passes: u64, max_binding_bytes: u64) -> usize {
-    let by_trips = (TRIP_BUDGET - 20) / passes * WORKGROUP_SIZE as u64;
+/// The most classes one row may have with this kernel on a device whose
+/// bindings hold `max_binding_bytes`.
+pub(crate) fn max_classes(variant: KernelVariant, passes: u64, max_binding_bytes: u64) -> usize {
+    let by_trips = match variant {
+        KernelVariant::Wide => (TRIP_BUDGET - 20) / passes * WIDE_WORKGROUP_SIZE as u64,
+        KernelVariant::Narrow => (TRIP_BUDGET - 4) / passes,
+    };
     by_trips.min(max_binding_bytes / 4) as usize
 }
 
 /// Cuts `batch` rows into chunks of at most `max_binding_bytes` of logits and
-/// chooses each chunk's workgroups.
+/// chooses each chunk's workgroups. `rows_per_group` overrides the choice,
+/// within the loop-trip budget.
 pub(crate) fn plan(
+    variant: KernelVariant,
     batch: usize,
     classes: usize,
     passes: u64,
     max_binding_bytes: u64,
     rows_per_group: Option<u32>,
 ) -> Result<Vec<Chunk>> {
-    let max_classes = max_classes(passes, max_binding_bytes);
+    let max_classes = max_classes(variant, passes, max_binding_bytes);
     if classes > max_classes {
         return Err(Error::RowTooLarge {
             classes,
@@ -88,12 +145,19 @@ pub(crate) fn plan(
     }
     let row_bytes = classes as u64 * 4;
     let rows_per_chunk = (max_binding_bytes / row_bytes) as usize;
-    let max_rows_per_group = (TRIP_BUDGET / trips_per_row(classes, passes)).max(1) as usize;
+    // Rows one invocation walks per workgroup row.
+    let lanes = match variant {
+        KernelVariant::Wide => 1,
+        KernelVariant::Narrow => NARROW_WORKGROUP_SIZE as usize,
+    };
+    let max_rows_per_group =
+        lanes * (TRIP_BUDGET / trips_per_row(variant, classes, passes)).max(1) as usize;
     let mut chunks = Vec::new();
     let (mut first_row, mut group_base) = (0usize, 0u32);
     while first_row < batch {
         let rows = rows_per_chunk.min(batch - first_row);
-        let wanted = rows_per_group.map_or(rows.div_ceil(TARGET_GROUPS), |r| r as usize);
+        let wanted =
+            rows_per_group.map_or(lanes * rows.div_ceil(lanes * TARGET_GROUPS), |r| r as usize);
         let rows_per_group = wanted.clamp(1, max_rows_per_group);
         let groups = rows.div_ceil(rows_per_group) as u32;
         chunks.push(Chunk {
@@ -163,7 +227,7 @@ mod tests {
 
     #[test]
     fn plan_chunks_by_binding_size() {
-        let chunks = plan(64, 600_000, 1, 128 << 20, None).unwrap();
+        let chunks = plan(KernelVariant::Wide, 64, 600_000, 1, 128 << 20, None).unwrap();
         assert_eq!(chunks.len(), 2);
         assert_eq!(chunks[0].rows, 55);
         assert_eq!(chunks[1].first_row, 55);
@@ -173,11 +237,25 @@ mod tests {
 
     #[test]
     fn plan_keeps_trip_count_under_budget() {
-        for classes in [1, 10, 1000, 50_000, 600_000] {
-            for chunk in plan(200_000, classes, 2, u64::MAX / 4, None).unwrap() {
-                let trips = chunk.rows_per_group as u64 * trips_per_row(classes, 2);
-                assert!(trips <= TRIP_BUDGET || chunk.rows_per_group == 1);
-                assert!(trips < 65_535);
+        for classes in [1, 10, 64, 1000, 50_000, 600_000] {
+            for variant in [KernelVariant::Wide, KernelVariant::Narrow] {
+                let Ok(chunks) = plan(variant, 200_000, classes, 2, u64::MAX / 4, None) else {
+                    assert!(classes > max_classes(variant, 2, u64::MAX / 4));
+                    continue;
+                };
+                let lanes = if variant == KernelVariant::Wide {
+                    1
+                } else {
+                    NARROW_WORKGROUP_SIZE as u64
+                };
+                for chunk in chunks {
+                    let rows_per_invocation = (chunk.rows_per_group as u64).div_ceil(lanes);
+                    let trips = rows_per_invocation * trips_per_row(variant, classes, 2);
+                    assert!(
+                        trips <= TRIP_BUDGET,
+                        "{variant:?} C={classes}: {trips} trips"
+                    );
+                }
             }
         }
     }
@@ -185,7 +263,7 @@ mod tests {
     #[test]
     fn plan_rejects_huge_rows() {
         assert!(matches!(
-            plan(1, 100_000_000, 1, 1 << 40, None),
+            plan(KernelVariant::Wide, 1, 100_000_000, 1, 1 << 40, None),
             Err(Error::RowTooLarge { .. })
         ));
     }

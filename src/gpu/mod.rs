@@ -5,6 +5,43 @@ pub(crate) mod cross_entropy;
 pub(crate) mod reduce_partials;
 
 pub use context::{GpuContext, GpuOptions};
+pub use cross_entropy::KernelVariant;
+
+/// `shaders/partial.wgsl`: the partial and its compensated arithmetic,
+/// prepended to every kernel.
+const PARTIAL_SHADER: &str = include_str!("../../shaders/partial.wgsl");
+
+/// The full WGSL source of a kernel: its libraries, then its entry file.
+pub(crate) fn shader_source(kernel: Kernel) -> String {
+    match kernel {
+        Kernel::Wide => [
+            PARTIAL_SHADER,
+            cross_entropy::ROW_SHADER,
+            cross_entropy::WIDE_SHADER,
+        ]
+        .concat(),
+        Kernel::Narrow => [
+            PARTIAL_SHADER,
+            cross_entropy::ROW_SHADER,
+            cross_entropy::NARROW_SHADER,
+        ]
+        .concat(),
+        Kernel::Reduce => [PARTIAL_SHADER, reduce_partials::SHADER].concat(),
+    }
+}
+
+/// Every compute kernel of the crate.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) enum Kernel {
+    Wide,
+    Narrow,
+    Reduce,
+}
+
+impl Kernel {
+    #[cfg(test)]
+    pub(crate) const ALL: [Kernel; 3] = [Kernel::Wide, Kernel::Narrow, Kernel::Reduce];
+}
 
 use bytemuck::{Pod, Zeroable};
 
@@ -15,9 +52,8 @@ pub(crate) const NO_ROW: u32 = u32::MAX;
 
 /// One workgroup's reduced statistics.
 ///
-/// Keep in sync with `struct Partial` in `shaders/cross_entropy.wgsl` and
-/// `shaders/reduce_partials.wgsl`. Float sums are float-float pairs
-/// `(hi, lo)`.
+/// Keep in sync with `struct Partial` in `shaders/partial.wgsl`. Float sums
+/// are float-float pairs `(hi, lo)`.
 #[repr(C)]
 #[derive(Clone, Copy, Debug, Default, PartialEq, Pod, Zeroable)]
 pub(crate) struct Partial {
@@ -62,12 +98,11 @@ mod tests {
     /// Every shader parses and validates with naga; no GPU needed.
     #[test]
     fn shaders_validate_with_naga() {
-        for (name, source) in [
-            ("cross_entropy", cross_entropy::SHADER),
-            ("reduce_partials", reduce_partials::SHADER),
-        ] {
-            let module = naga::front::wgsl::parse_str(source)
-                .unwrap_or_else(|e| panic!("{name}: {}", e.emit_to_string(source)));
+        for kernel in Kernel::ALL {
+            let name = format!("{kernel:?}");
+            let source = shader_source(kernel);
+            let module = naga::front::wgsl::parse_str(&source)
+                .unwrap_or_else(|e| panic!("{name}: {}", e.emit_to_string(&source)));
             naga::valid::Validator::new(
                 naga::valid::ValidationFlags::all(),
                 naga::valid::Capabilities::empty(),
@@ -80,9 +115,13 @@ mod tests {
     /// The WGSL workgroup sizes are the Rust constants.
     #[test]
     fn workgroup_sizes_are_in_sync() {
-        assert!(cross_entropy::SHADER.contains(&format!(
+        assert!(cross_entropy::WIDE_SHADER.contains(&format!(
             "const WG: u32 = {}u;",
-            cross_entropy::WORKGROUP_SIZE
+            cross_entropy::WIDE_WORKGROUP_SIZE
+        )));
+        assert!(cross_entropy::NARROW_SHADER.contains(&format!(
+            "const WG: u32 = {}u;",
+            cross_entropy::NARROW_WORKGROUP_SIZE
         )));
         assert!(reduce_partials::SHADER.contains(&format!(
             "const WG: u32 = {}u;",

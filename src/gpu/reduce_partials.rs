@@ -15,7 +15,8 @@ pub(crate) struct Params {
     pub count: u32,
     pub in_offset: u32,
     pub out_offset: u32,
-    pub _pad: u32,
+    /// Always 0: the shader's `opaque()` XORs with it.
+    pub zero: u32,
 }
 
 /// The passes that take `count` partials (stored at offset 0) down to one.
@@ -29,7 +30,7 @@ pub(crate) fn plan(count: u32) -> (Vec<Params>, u32) {
             count,
             in_offset: offset,
             out_offset: offset + count,
-            _pad: 0,
+            zero: 0,
         });
         offset += count;
         count = out;

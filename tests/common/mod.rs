@@ -2,7 +2,7 @@
 #![allow(dead_code)]
 
 use fused_loss::cpu::reference::{self, RowLoss};
-use fused_loss::{Batch, CrossEntropy, Engine, Error, GpuOptions};
+use fused_loss::{Batch, CrossEntropy, Engine, Error, GpuOptions, KernelVariant};
 
 /// The GPU engine. With `FUSED_LOSS_REQUIRE_GPU=1` (as in CI) a missing
 /// adapter fails the test; otherwise the test is skipped with a message.
@@ -19,6 +19,20 @@ pub fn gpu_with(options: GpuOptions) -> Option<Engine> {
         }
         Err(e) => panic!("no usable GPU engine: {e}"),
     }
+}
+
+/// One GPU engine per kernel variant, each forced for every shape, so that
+/// every variant is compared with the reference.
+pub fn gpu_variants() -> Vec<Engine> {
+    [KernelVariant::Wide, KernelVariant::Narrow]
+        .into_iter()
+        .filter_map(|kernel| {
+            gpu_with(GpuOptions {
+                kernel: Some(kernel),
+                ..Default::default()
+            })
+        })
+        .collect()
 }
 
 /// A small deterministic generator (SplitMix64) so tests need no seeds crate.

@@ -1,0 +1,50 @@
+// Fused per-example cross-entropy for narrow rows: one invocation per row,
+// no barrier per row. Thread t of a workgroup takes rows first + t,
+// first + t + WG, ...; a shared-memory tree combines the threads' partials
+// once per workgroup. Prepended with partial.wgsl and
+// cross_entropy_row.wgsl. Host side: src/gpu/cross_entropy.rs.
+
+// Keep in sync with gpu::cross_entropy::NARROW_WORKGROUP_SIZE.
+const WG: u32 = 128u;
+
+var<workgroup> shared_partials: array<Partial, WG>;
+
+@compute @workgroup_size(WG)
+fn main(
+    @builtin(workgroup_id) wid: vec3<u32>,
+    @builtin(num_workgroups) groups: vec3<u32>,
+    @builtin(local_invocation_index) lid: u32,
+) {
+    let group = wid.y * groups.x + wid.x;
+    let first = group * params.rows_per_group;
+    if first >= params.chunk_rows {
+        return;
+    }
+    let last = min(first + params.rows_per_group, params.chunk_rows);
+    var partial = identity_partial();
+    for (var local_row = first + lid; local_row < last; local_row += WG) {
+        let base = local_row * params.classes;
+        var pivot = 0.0;
+        var prob_total = 0.0;
+        var sums: RowSums;
+        if has(FLAG_PROBABILITIES) {
+            let first_pass = probability_total(base, 0u, 1u);
+            prob_total = first_pass.x;
+            sums = RowSums(vec2<f32>(0.0), probability_sums(base, prob_total, 0u, 1u), 0.0, u32(first_pass.y));
+        } else {
+            pivot = row_pivot(base);
+            sums = logit_sums(base, pivot, 0u, 1u);
+        }
+        finish_row(local_row, sums, pivot, prob_total, &partial);
+    }
+    shared_partials[lid] = partial;
+    for (var stride = WG / 2u; stride > 0u; stride /= 2u) {
+        workgroupBarrier();
+        if lid < stride {
+            shared_partials[lid] = combine(shared_partials[lid], shared_partials[lid + stride]);
+        }
+    }
+    if lid == 0u {
+        partials[params.group_base + group] = shared_partials[0];
+    }
+}

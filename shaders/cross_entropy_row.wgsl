@@ -1,0 +1,253 @@
+// Library, no entry point: the bindings and the per-row math (DESIGN §2)
+// shared by cross_entropy_wide.wgsl and cross_entropy_narrow.wgsl. The host
+// prepends partial.wgsl and this file (gpu::shader_source).
+// CPU twin: src/cpu/reference.rs.
+
+const FLAG_DENSE: u32 = 1u;
+const FLAG_PROBABILITIES: u32 = 2u;
+const FLAG_CLASS_WEIGHTS: u32 = 4u;
+const FLAG_SAMPLE_WEIGHTS: u32 = 8u;
+const FLAG_IGNORE_INDEX: u32 = 16u;
+const FLAG_SMOOTHING: u32 = 32u;
+const PROB_EPS: f32 = 1e-7;
+
+// Keep in sync with gpu::cross_entropy::Params.
+struct Params {
+    batch: u32,
+    classes: u32,
+    chunk_rows: u32,       // rows bound in this chunk
+    row_base: u32,         // global index of the chunk's first row
+    rows_per_group: u32,
+    group_base: u32,       // partial index of the chunk's first workgroup
+    flags: u32,
+    ignore_index: i32,
+    label_smoothing: f32,
+    class_weight_sum: f32, // Σ_c w_c
+    zero: u32,             // always 0; see opaque()
+    _pad: u32,
+}
+
+@group(0) @binding(0) var<uniform> params: Params;
+@group(0) @binding(1) var<storage, read> logits: array<f32>;        // this chunk
+@group(0) @binding(2) var<storage, read> dense_targets: array<f32>; // this chunk
+@group(0) @binding(3) var<storage, read> labels: array<i32>;        // whole batch
+@group(0) @binding(4) var<storage, read> class_weights: array<f32>;
+@group(0) @binding(5) var<storage, read> sample_weights: array<f32>;
+@group(0) @binding(6) var<storage, read_write> per_example: array<f32>;
+@group(0) @binding(7) var<storage, read_write> partials: array<Partial>;
+
+fn has(flag: u32) -> bool {
+    return (params.flags & flag) != 0u;
+}
+
+fn is_neg_inf(x: f32) -> bool {
+    return bitcast<u32>(x) == 0xff800000u;
+}
+
+// NaN or +inf: the row's loss is NaN.
+fn is_poison(x: f32) -> bool {
+    return !is_finite(x) && !is_neg_inf(x);
+}
+
+fn quiet_nan() -> f32 {
+    return bitcast<f32>(0x7fc00000u | params.zero);
+}
+
+fn class_weight(c: u32) -> f32 {
+    if has(FLAG_CLASS_WEIGHTS) {
+        return class_weights[c];
+    }
+    return 1.0;
+}
+
+// a·b as a float-float; where fma is not fused the low word is 0.
+fn two_prod(a: f32, b: f32) -> vec2<f32> {
+    let p = opaque(a * b);
+    if !is_finite(p) {
+        return vec2<f32>(p, 0.0);
+    }
+    return vec2<f32>(p, fma(a, b, -p));
+}
+
+// Online log-sum-exp state (max, Σ exp(x − max)).
+fn lse_push(state: vec2<f32>, x: f32) -> vec2<f32> {
+    if is_neg_inf(x) {
+        return state;
+    }
+    if x > state.x {
+        var s = 1.0;
+        if state.y > 0.0 {
+            s += state.y * exp(state.x - x);
+        }
+        return vec2<f32>(x, s);
+    }
+    return vec2<f32>(state.x, state.y + exp(x - state.x));
+}
+
+fn lse_merge(a: vec2<f32>, b: vec2<f32>) -> vec2<f32> {
+    let m = max(a.x, b.x);
+    var s = 0.0;
+    if a.y > 0.0 {
+        s += a.y * exp(a.x - m);
+    }
+    if b.y > 0.0 {
+        s += b.y * exp(b.x - m);
+    }
+    return vec2<f32>(m, s);
+}
+
+// One invocation's share of a row: classes lo, lo + step, ...
+struct RowSums {
+    lse: vec2<f32>, // online (max, Σ exp) of the logits
+    acc: f32,       // Σ a_c·(x_c − pivot), or Σ a_c·ℓ_c for probabilities
+    total: f32,     // Σ a_c (dense logits)
+    bad: u32,       // saw NaN or +inf
+}
+
+fn row_pivot(base: u32) -> f32 {
+    let x0 = logits[base];
+    return select(0.0, x0, is_finite(x0));
+}
+
+// The a_c of the smoothing / dense sums, before the sample weight.
+fn coefficient(base: u32, c: u32) -> f32 {
+    var a = class_weight(c);
+    if has(FLAG_DENSE) {
+        let eps = params.label_smoothing;
+        a *= (1.0 - eps) * dense_targets[base + c] + eps / f32(params.classes);
+    }
+    return a;
+}
+
+fn needs_class_sums() -> bool {
+    return has(FLAG_DENSE) || has(FLAG_SMOOTHING);
+}
+
+fn logit_sums(base: u32, pivot: f32, lo: u32, step: u32) -> RowSums {
+    var out = RowSums(vec2<f32>(bitcast<f32>(0xff800000u), 0.0), 0.0, 0.0, 0u);
+    let sums = needs_class_sums();
+    for (var c = lo; c < params.classes; c += step) {
+        let x = logits[base + c];
+        out.bad |= u32(is_poison(x));
+        out.lse = lse_push(out.lse, x);
+        if sums {
+            let a = coefficient(base, c);
+            out.total += a;
+            if a != 0.0 {
+                out.acc += a * (x - pivot);
+            }
+        }
+    }
+    return out;
+}
+
+// First pass over probabilities: (Σ p, saw a non-finite value).
+fn probability_total(base: u32, lo: u32, step: u32) -> vec2<f32> {
+    var total = 0.0;
+    var bad = 0.0;
+    for (var c = lo; c < params.classes; c += step) {
+        let p = logits[base + c];
+        bad = max(bad, f32(!is_finite(p)));
+        total += p;
+    }
+    return vec2<f32>(total, bad);
+}
+
+fn clipped_log(p: f32, total: f32) -> f32 {
+    return log(clamp(p / total, PROB_EPS, 1.0 - PROB_EPS));
+}
+
+// Second pass over probabilities: Σ a_c·ℓ_c.
+fn probability_sums(base: u32, total: f32, lo: u32, step: u32) -> f32 {
+    var acc = 0.0;
+    if needs_class_sums() {
+        for (var c = lo; c < params.classes; c += step) {
+            let a = coefficient(base, c);
+            if a != 0.0 {
+                acc += a * clipped_log(logits[base + c], total);
+            }
+        }
+    }
+    return acc;
+}
+
+// Finishes row `local_row` from its combined sums: writes L_n and folds the
+// row into `partial`. For logits `prob_total` is unused; for probabilities
+// `lse` and `pivot` are.
+fn finish_row(local_row: u32, sums: RowSums, pivot: f32, prob_total: f32, partial: ptr<function, Partial>) {
+    let row = params.row_base + local_row;
+    let base = local_row * params.classes;
+    let probabilities = has(FLAG_PROBABILITIES);
+    let eps = params.label_smoothing;
+    let eps_per_class = eps / f32(params.classes);
+    let m = sums.lse.x;
+    let s = sums.lse.y;
+    var poisoned = sums.bad != 0u || (!probabilities && s <= 0.0); // all −inf
+    var sw = 1.0;
+    if has(FLAG_SAMPLE_WEIGHTS) {
+        sw = sample_weights[row];
+    }
+    var counted = true;
+    var loss = 0.0;
+    var omega = vec2<f32>(sw, 0.0);
+    if has(FLAG_DENSE) {
+        if probabilities {
+            loss = -sums.acc;
+        } else {
+            loss = ((m - pivot) + log(s)) * sums.total - sums.acc;
+        }
+    } else {
+        let y = labels[row];
+        if has(FLAG_IGNORE_INDEX) && y == params.ignore_index {
+            counted = false;
+        } else if y < 0 || u32(y) >= params.classes {
+            counted = false;
+            if row < (*partial).first_bad_row {
+                (*partial).first_bad_row = row;
+                (*partial).bad_label = y;
+            }
+        } else {
+            let wy = class_weight(u32(y));
+            omega = two_prod(sw, wy);
+            let hard = (1.0 - eps) * wy;
+            var nll = 0.0;
+            var smoothed = 0.0;
+            if probabilities {
+                if hard != 0.0 {
+                    nll = -hard * clipped_log(logits[base + u32(y)], prob_total);
+                }
+                smoothed = -eps_per_class * sums.acc;
+            } else {
+                if hard != 0.0 {
+                    nll = hard * ((m - logits[base + u32(y)]) + log(s));
+                }
+                if has(FLAG_SMOOTHING) {
+                    smoothed = eps_per_class * (((m - pivot) + log(s)) * params.class_weight_sum - sums.acc);
+                }
+            }
+            loss = nll + smoothed;
+        }
+        if !counted {
+            poisoned = false;
+            omega = vec2<f32>(0.0);
+        }
+    }
+    if counted {
+        loss = select(loss * sw, 0.0, sw == 0.0);
+    }
+    if poisoned {
+        loss = quiet_nan();
+    }
+    per_example[row] = loss;
+    if !is_finite(loss) {
+        (*partial).nonfinite_rows += 1u;
+        (*partial).first_nonfinite_row = min((*partial).first_nonfinite_row, row);
+    }
+    (*partial).sum = ff_add((*partial).sum, vec2<f32>(loss, 0.0));
+    (*partial).weight_sum = ff_add((*partial).weight_sum, omega);
+    if counted {
+        (*partial).sample_weight_sum = ff_add((*partial).sample_weight_sum, vec2<f32>(sw, 0.0));
+        (*partial).count += 1u;
+        (*partial).nonzero_count += u32(sw != 0.0);
+    }
+}
