@@ -147,3 +147,24 @@ impl Engine {
         pollster::block_on(self.compute(spec, batch))
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn assert_send_sync<T: Send + Sync>(_: &T) {}
+    fn assert_send<T: Send>(_: &T) {}
+
+    #[test]
+    fn engine_and_its_futures_cross_threads() {
+        let engine = Engine::cpu();
+        assert_send_sync(&engine);
+        let logits = [0.0f32, 1.0];
+        let labels = [1];
+        let spec = CrossEntropy::new();
+        let batch = Batch::with_labels(&logits, 2, &labels);
+        let future = engine.compute(&spec, &batch);
+        assert_send(&future);
+        assert!(pollster::block_on(future).is_ok());
+    }
+}
