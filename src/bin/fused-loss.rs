@@ -1,1 +1,836 @@
-fn main() {}
+//! The `fused-loss` command line: a demo on an embedded batch, and `compute`
+//! on `.npy` files. Thin over the library; every error is one `error:` line
+//! on stderr and exit status 2.
+
+use std::fmt::Write as _;
+use std::fs::File;
+use std::io::{self, BufReader, Read, Write};
+use std::panic::{self, AssertUnwindSafe};
+use std::path::{Path, PathBuf};
+use std::process::ExitCode;
+
+use clap::builder::PossibleValue;
+use clap::{Args, Parser, Subcommand, ValueEnum};
+use fused_loss::cpu::reference;
+use fused_loss::{
+    Batch, CrossEntropy, Engine, Error, InputKind, LossOutput, Reduction, Result, Targets,
+};
+use npyz::{DType, NpyFile, Order, TypeChar, WriterBuilder};
+
+const AFTER_HELP: &str = "\
+Without a subcommand, `fused-loss` runs `demo`.
+
+Exit status: 0 on success; 2 on any error (bad arguments, unreadable or \
+malformed .npy files, invalid input, no GPU adapter when one is demanded), \
+with one line starting with `error:` on stderr.
+
+Environment: FUSED_LOSS_REQUIRE_GPU=1 makes `--backend auto` an error instead \
+of a fallback to the CPU when no GPU adapter works. WGPU_BACKEND, \
+WGPU_ADAPTER_NAME and WGPU_POWER_PREF choose the adapter.";
+
+/// Fused per-example cross-entropy and its reductions, on a wgpu adapter or
+/// on the CPU (the f64 reference).
+#[derive(Parser, Debug)]
+#[command(name = "fused-loss", version, about, after_help = AFTER_HELP)]
+struct Cli {
+    #[command(subcommand)]
+    command: Option<Command>,
+}
+
+#[derive(Subcommand, Debug)]
+enum Command {
+    /// Compute an embedded 64 x 10 batch and check it against the f64 CPU
+    /// reference (the default command)
+    Demo(DemoArgs),
+    /// Compute the cross-entropy of .npy inputs
+    #[command(after_help = COMPUTE_AFTER_HELP)]
+    Compute(ComputeArgs),
+}
+
+const COMPUTE_AFTER_HELP: &str = "\
+Inputs are .npy files. Logits, targets and weights: float32 or float64 \
+(float64 is rounded to float32), any byte order. Labels: any integer dtype \
+(int8 to int64, uint8 to uint64); a label that does not fit a 32-bit signed \
+integer is reported as out of range. 2-D arrays must be in C order (a 1-D \
+array is the same in either order). Shapes: logits and targets [B, C], \
+labels and sample weights [B], class weights [C].
+
+Output: `loss` is the chosen reduction (the sum for `none`); `average_loss` \
+is sum / (sum of the sample weights of the rows not ignored); then the \
+stats: sum, weight_sum, count (rows not ignored), nonzero_count (of those, \
+rows with a nonzero sample weight), batch and nonfinite_rows. A zero \
+denominator gives 0.
+
+Exit status: 0 on success, 2 on any error; on error no output file is \
+written.";
+
+#[derive(Args, Debug)]
+struct DemoArgs {
+    /// Where to compute
+    #[arg(long, value_enum, default_value_t = BackendArg::Auto)]
+    backend: BackendArg,
+}
+
+#[derive(Args, Debug)]
+struct ComputeArgs {
+    /// Logits (or probabilities with --probabilities), [B, C], float32 or float64; required
+    #[arg(long, value_name = "X.npy")]
+    logits: PathBuf,
+
+    /// Integer class labels, [B], any integer dtype
+    #[arg(
+        long,
+        value_name = "Y.npy",
+        conflicts_with = "targets",
+        required_unless_present = "targets"
+    )]
+    labels: Option<PathBuf>,
+
+    /// Dense one-hot or soft targets, [B, C], float32 or float64; not renormalised
+    #[arg(long, value_name = "T.npy")]
+    targets: Option<PathBuf>,
+
+    /// The input holds probabilities, not logits: each row is renormalised and
+    /// clipped to [1e-7, 1 - 1e-7] before the log (Keras from_logits=False)
+    #[arg(long)]
+    probabilities: bool,
+
+    /// Per-class weights, [C], >= 0
+    #[arg(long, value_name = "W.npy")]
+    class_weights: Option<PathBuf>,
+
+    /// Per-example weights, [B], >= 0
+    #[arg(long, value_name = "S.npy")]
+    sample_weights: Option<PathBuf>,
+
+    /// Rows with this label are ignored: loss 0, not counted (labels only; an
+    /// error with --targets)
+    #[arg(long, value_name = "N", allow_negative_numbers = true)]
+    ignore_index: Option<i32>,
+
+    /// Label smoothing epsilon, in [0, 1]
+    #[arg(long, value_name = "E", default_value_t = 0.0)]
+    label_smoothing: f32,
+
+    /// The reduction reported as `loss`
+    #[arg(long, value_enum, default_value_t = ReductionArg(Reduction::Mean))]
+    reduction: ReductionArg,
+
+    /// Where to compute
+    #[arg(long, value_enum, default_value_t = BackendArg::Auto)]
+    backend: BackendArg,
+
+    /// Write the per-example losses here as a float32 [B] .npy (only when the
+    /// computation succeeds)
+    #[arg(long, value_name = "L.npy")]
+    per_example_out: Option<PathBuf>,
+
+    /// Make a NaN or infinite per-example loss an error naming its first row
+    #[arg(long)]
+    check_finite: bool,
+
+    /// Print one JSON object on stdout (non-finite numbers as null)
+    #[arg(long)]
+    json: bool,
+}
+
+/// Where to compute.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
+enum BackendArg {
+    /// The GPU when an adapter works, else the CPU (with a note on stderr)
+    Auto,
+    /// The GPU; no adapter is an error
+    Gpu,
+    /// The f64 reference on the CPU
+    Cpu,
+}
+
+/// A [`Reduction`] named as the library names it.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+struct ReductionArg(Reduction);
+
+impl ValueEnum for ReductionArg {
+    fn value_variants<'a>() -> &'a [Self] {
+        &[
+            ReductionArg(Reduction::None),
+            ReductionArg(Reduction::Sum),
+            ReductionArg(Reduction::Mean),
+            ReductionArg(Reduction::SumOverBatchSize),
+            ReductionArg(Reduction::SumByNonzeroWeights),
+        ]
+    }
+
+    fn to_possible_value(&self) -> Option<PossibleValue> {
+        let help = match self.0 {
+            Reduction::None => "No reduction; `loss` reports the sum",
+            Reduction::Sum => "The sum of the per-example losses",
+            Reduction::Mean => {
+                "The sum / the sum of the example weights (s_n * w_{y_n} for labels, s_n for targets)"
+            }
+            Reduction::SumOverBatchSize => "The sum / the number of rows not ignored",
+            Reduction::SumByNonzeroWeights => {
+                "The sum / the number of rows not ignored with a nonzero sample weight"
+            }
+        };
+        Some(PossibleValue::new(self.0.name()).help(help))
+    }
+}
+
+impl std::fmt::Display for ReductionArg {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.0.name())
+    }
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    let result = match cli.command {
+        None => demo(&DemoArgs {
+            backend: BackendArg::Auto,
+        }),
+        Some(Command::Demo(args)) => demo(&args),
+        Some(Command::Compute(args)) => compute(&args),
+    };
+    match result {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            // One line, whatever the message holds.
+            let _ = writeln!(io::stderr(), "error: {}", one_line(&e.to_string()));
+            ExitCode::from(2)
+        }
+    }
+}
+
+/// Joins a possibly multi-line message into one line.
+fn one_line(message: &str) -> String {
+    message
+        .lines()
+        .map(str::trim)
+        .filter(|l| !l.is_empty())
+        .collect::<Vec<_>>()
+        .join(" ")
+}
+
+fn open_engine(backend: BackendArg) -> Result<Engine> {
+    match backend {
+        BackendArg::Auto => Engine::auto_blocking(),
+        BackendArg::Gpu => Engine::gpu_blocking(),
+        BackendArg::Cpu => Ok(Engine::cpu()),
+    }
+}
+
+/// When `auto` fell back to the CPU, says why in one `note:` line on stderr.
+fn note_fallback(engine: &Engine) {
+    if let Some(reason) = engine.fallback_reason() {
+        let _ = writeln!(
+            io::stderr(),
+            "note: no usable gpu adapter, computing on the cpu ({})",
+            one_line(reason)
+        );
+    }
+}
+
+fn print_stdout(text: &str) -> Result<()> {
+    let mut out = io::stdout().lock();
+    out.write_all(text.as_bytes())
+        .and_then(|()| out.flush())
+        .map_err(|source| Error::Io {
+            path: PathBuf::from("<stdout>"),
+            source,
+        })
+}
+
+// ---------------------------------------------------------------------------
+// demo
+
+/// SplitMix64: a tiny, well-mixed deterministic generator.
+struct SplitMix64(u64);
+
+impl SplitMix64 {
+    fn next_u64(&mut self) -> u64 {
+        self.0 = self.0.wrapping_add(0x9E37_79B9_7F4A_7C15);
+        let mut z = self.0;
+        z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
+        z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
+        z ^ (z >> 31)
+    }
+
+    /// Uniform in [0, 1).
+    fn unit(&mut self) -> f64 {
+        (self.next_u64() >> 11) as f64 / (1u64 << 53) as f64
+    }
+}
+
+const DEMO_BATCH: usize = 64;
+const DEMO_CLASSES: usize = 10;
+const DEMO_CONFIDENT_RIGHT: usize = 6;
+const DEMO_CONFIDENT_WRONG: usize = 4;
+
+/// The embedded batch: logits uniform in [-2, 2]; rows 0-5 put a logit of 9
+/// on their label (confident and right), rows 6-9 on another class
+/// (confident and wrong). Sample weights: 2 on every 16th row, 0.5 on every
+/// 4th, else 1.
+fn demo_batch() -> (Vec<f32>, Vec<i32>, Vec<f32>) {
+    let mut rng = SplitMix64(0x5EED_F00D);
+    let mut logits = Vec::with_capacity(DEMO_BATCH * DEMO_CLASSES);
+    let mut labels = Vec::with_capacity(DEMO_BATCH);
+    let mut weights = Vec::with_capacity(DEMO_BATCH);
+    for n in 0..DEMO_BATCH {
+        let mut row: Vec<f32> = (0..DEMO_CLASSES)
+            .map(|_| (4.0 * rng.unit() - 2.0) as f32)
+            .collect();
+        let label = (rng.next_u64() % DEMO_CLASSES as u64) as usize;
+        if n < DEMO_CONFIDENT_RIGHT {
+            row[label] = 9.0;
+        } else if n < DEMO_CONFIDENT_RIGHT + DEMO_CONFIDENT_WRONG {
+            row[(label + 1) % DEMO_CLASSES] = 9.0;
+        }
+        logits.extend_from_slice(&row);
+        labels.push(label as i32);
+        weights.push(if n % 16 == 0 {
+            2.0
+        } else if n % 4 == 3 {
+            0.5
+        } else {
+            1.0
+        });
+    }
+    (logits, labels, weights)
+}
+
+fn demo(args: &DemoArgs) -> Result<()> {
+    let engine = open_engine(args.backend)?;
+    note_fallback(&engine);
+    let (logits, labels, weights) = demo_batch();
+    let batch = Batch::with_labels(&logits, DEMO_CLASSES, &labels).sample_weights(&weights);
+    let spec = CrossEntropy::new().with_reduction(Reduction::Sum);
+    let out = engine.compute_blocking(&spec, &batch)?;
+
+    let mut text = String::new();
+    let t = &mut text;
+    let _ = writeln!(t, "backend        {}", engine.backend().name());
+    let _ = writeln!(t, "adapter        {}", engine.adapter());
+    let _ = writeln!(
+        t,
+        "input          {DEMO_BATCH} x {DEMO_CLASSES} logits, integer labels, sample weights; \
+         rows 0-{} confident and right, rows {}-{} confident and wrong",
+        DEMO_CONFIDENT_RIGHT - 1,
+        DEMO_CONFIDENT_RIGHT,
+        DEMO_CONFIDENT_RIGHT + DEMO_CONFIDENT_WRONG - 1
+    );
+    let _ = writeln!(t, "loss           {}", out.loss);
+    let _ = writeln!(
+        t,
+        "               reduction sum: the sum of the per-example losses, as a TF1 canned Estimator reports `loss`"
+    );
+    let _ = writeln!(t, "average_loss   {}", out.average_loss);
+    let _ = writeln!(
+        t,
+        "               the sum divided by the sum of the sample weights: the example-weighted mean"
+    );
+    write_stats(t, &out);
+    write_first_losses(t, &out.per_example);
+
+    // The f64 reference on the same batch.
+    let expected = reference::compute(&spec, &batch)?;
+    let rows = reference::row_losses(&spec, &batch)?;
+    let mut max_delta = 0.0f64;
+    let mut worst_ratio = 0.0f64;
+    let mut mismatched_nan = false;
+    for (n, row) in rows.iter().enumerate() {
+        let got = out.per_example[n] as f64;
+        if got.is_nan() || row.loss.is_nan() {
+            mismatched_nan |= got.is_nan() != row.loss.is_nan();
+            continue;
+        }
+        let delta = (got - row.loss).abs();
+        let max_x = logits[n * DEMO_CLASSES..(n + 1) * DEMO_CLASSES]
+            .iter()
+            .fold(0.0f64, |m, &x| m.max((x as f64).abs()));
+        let tolerance = 1e-5 * (1.0 + row.loss.abs() + row.coefficient_sum * max_x);
+        max_delta = max_delta.max(delta);
+        worst_ratio = worst_ratio.max(delta / tolerance);
+    }
+    let sum_rel = if expected.stats.sum == 0.0 {
+        (out.stats.sum - expected.stats.sum).abs()
+    } else {
+        ((out.stats.sum - expected.stats.sum) / expected.stats.sum).abs()
+    };
+    let _ = writeln!(
+        t,
+        "reference      max per-example |delta| {max_delta:.3e}, sum relative difference {sum_rel:.3e}"
+    );
+    let ok = !mismatched_nan && worst_ratio <= 1.0;
+    if ok {
+        let _ = writeln!(
+            t,
+            "reference check: ok (every |delta| <= 1e-5 * (1 + |L_n| + sum_c|a_c| * max_c|x_n,c|))"
+        );
+    }
+    print_stdout(&text)?;
+    if ok {
+        Ok(())
+    } else {
+        Err(Error::Gpu(format!(
+            "the result differs from the f64 reference: max |delta| {max_delta:.3e} is {worst_ratio:.2} times the tolerance"
+        )))
+    }
+}
+
+fn write_stats(t: &mut String, out: &LossOutput) {
+    let s = &out.stats;
+    let _ = writeln!(t, "sum            {}", s.sum);
+    let _ = writeln!(t, "weight_sum     {}", s.weight_sum);
+    let _ = writeln!(t, "count          {}", s.count);
+    let _ = writeln!(t, "nonzero_count  {}", s.nonzero_count);
+    let _ = writeln!(t, "batch          {}", s.batch);
+    let _ = writeln!(t, "nonfinite_rows {}", s.nonfinite_rows);
+}
+
+const FIRST_LOSSES: usize = 8;
+
+fn write_first_losses(t: &mut String, losses: &[f32]) {
+    let shown = losses.len().min(FIRST_LOSSES);
+    let list = losses[..shown]
+        .iter()
+        .map(|l| format!("{l}"))
+        .collect::<Vec<_>>()
+        .join(" ");
+    let _ = writeln!(
+        t,
+        "per-example    first {shown} of {}: [{list}]",
+        losses.len()
+    );
+}
+
+// ---------------------------------------------------------------------------
+// compute
+
+fn compute(args: &ComputeArgs) -> Result<()> {
+    let logits = read_floats(&args.logits)?;
+    let (batch_size, classes) = match logits.shape[..] {
+        [b, c] => (b, c),
+        _ => {
+            return Err(npy_error(
+                &args.logits,
+                format!(
+                    "logits must be a 2-D array [batch, classes], got shape {}",
+                    shape_text(&logits.shape)
+                ),
+            ))
+        }
+    };
+
+    let labels;
+    let targets;
+    let target_data = match (&args.labels, &args.targets) {
+        (Some(path), None) => {
+            let raw = read_ints(path)?;
+            check_1d(path, "labels", &raw.shape, batch_size)?;
+            labels = labels_to_i32(&raw.data, classes, args.ignore_index)?;
+            Targets::Labels(&labels)
+        }
+        (None, Some(path)) => {
+            targets = read_floats(path)?;
+            if targets.shape != logits.shape {
+                return Err(npy_error(
+                    path,
+                    format!(
+                        "targets have shape {}, the logits {}",
+                        shape_text(&targets.shape),
+                        shape_text(&logits.shape)
+                    ),
+                ));
+            }
+            Targets::Dense(&targets.data)
+        }
+        // clap enforces exactly one of the two.
+        _ => {
+            return Err(Error::InvalidArgument(
+                "exactly one of --labels and --targets is required".into(),
+            ))
+        }
+    };
+
+    let mut spec = CrossEntropy::new()
+        .with_reduction(args.reduction.0)
+        .with_label_smoothing(args.label_smoothing)
+        .with_check_finite(args.check_finite);
+    if args.probabilities {
+        spec = spec.with_input(InputKind::Probabilities);
+    }
+    if let Some(index) = args.ignore_index {
+        spec = spec.with_ignore_index(index);
+    }
+    if let Some(path) = &args.class_weights {
+        let weights = read_floats(path)?;
+        check_1d(path, "class weights", &weights.shape, classes)?;
+        spec = spec.with_class_weights(weights.data);
+    }
+    let sample_weights = match &args.sample_weights {
+        Some(path) => {
+            let weights = read_floats(path)?;
+            check_1d(path, "sample weights", &weights.shape, batch_size)?;
+            Some(weights.data)
+        }
+        None => None,
+    };
+
+    let batch = Batch {
+        logits: &logits.data,
+        batch: batch_size,
+        classes,
+        targets: target_data,
+        sample_weights: sample_weights.as_deref(),
+    };
+    // Check the host-side rules before opening an adapter.
+    batch.validate(&spec)?;
+
+    let engine = open_engine(args.backend)?;
+    note_fallback(&engine);
+    let out = engine.compute_blocking(&spec, &batch)?;
+
+    if let Some(path) = &args.per_example_out {
+        write_per_example(path, &out.per_example)?;
+    }
+
+    let text = if args.json {
+        let value = serde_json::json!({
+            "backend": out.backend.name(),
+            "adapter": engine.adapter(),
+            "batch": out.stats.batch,
+            "classes": classes,
+            "reduction": out.reduction.name(),
+            "loss": out.loss,
+            "average_loss": out.average_loss,
+            "sum": out.stats.sum,
+            "weight_sum": out.stats.weight_sum,
+            "count": out.stats.count,
+            "nonzero_count": out.stats.nonzero_count,
+            "nonfinite_rows": out.stats.nonfinite_rows,
+        });
+        format!("{value}\n")
+    } else {
+        let mut t = String::new();
+        let _ = writeln!(t, "backend        {}", out.backend.name());
+        let _ = writeln!(t, "adapter        {}", engine.adapter());
+        let _ = writeln!(t, "batch          {}", out.stats.batch);
+        let _ = writeln!(t, "classes        {classes}");
+        let _ = writeln!(t, "reduction      {}", out.reduction.name());
+        let _ = writeln!(t, "loss           {}", out.loss);
+        let _ = writeln!(t, "average_loss   {}", out.average_loss);
+        write_stats(&mut t, &out);
+        write_first_losses(&mut t, &out.per_example);
+        t
+    };
+    print_stdout(&text)
+}
+
+fn npy_error(path: &Path, message: impl Into<String>) -> Error {
+    Error::Npy {
+        path: path.to_path_buf(),
+        message: message.into(),
+    }
+}
+
+fn shape_text(shape: &[usize]) -> String {
+    let dims = shape
+        .iter()
+        .map(|d| d.to_string())
+        .collect::<Vec<_>>()
+        .join(", ");
+    format!("[{dims}]")
+}
+
+/// A 1-D array of the given length, else an error.
+fn check_1d(path: &Path, what: &'static str, shape: &[usize], expected: usize) -> Result<()> {
+    match shape {
+        [len] if *len == expected => Ok(()),
+        [len] => Err(Error::ShapeMismatch {
+            what,
+            expected,
+            actual: *len,
+        }),
+        _ => Err(npy_error(
+            path,
+            format!(
+                "{what} must be a 1-D array of length {expected}, got shape {}",
+                shape_text(shape)
+            ),
+        )),
+    }
+}
+
+/// Converts labels to i32; a value that does not fit is out of range. The
+/// first offending row is reported, as the library would report it.
+fn labels_to_i32(values: &[i64], classes: usize, ignore: Option<i32>) -> Result<Vec<i32>> {
+    let mut labels = Vec::with_capacity(values.len());
+    for (row, &value) in values.iter().enumerate() {
+        match i32::try_from(value) {
+            Ok(label) => labels.push(label),
+            Err(_) => {
+                let classes_i64 = i64::try_from(classes).unwrap_or(i64::MAX);
+                let first = labels
+                    .iter()
+                    .position(|&y| Some(y) != ignore && !(0..classes_i64).contains(&i64::from(y)))
+                    .unwrap_or(row);
+                return Err(Error::LabelOutOfRange {
+                    row: first,
+                    label: values[first],
+                    classes,
+                });
+            }
+        }
+    }
+    Ok(labels)
+}
+
+/// A flat array and its shape.
+struct Array<T> {
+    shape: Vec<usize>,
+    data: Vec<T>,
+}
+
+/// Opens a `.npy` file and checks what every input shares: a plain dtype, C
+/// order for more than one dimension, a shape whose size fits, and enough
+/// bytes in the file.
+fn open_npy(path: &Path) -> Result<(NpyFile<BufReader<File>>, Vec<usize>, usize)> {
+    let io_error = |source| Error::Io {
+        path: path.to_path_buf(),
+        source,
+    };
+    let file = File::open(path).map_err(io_error)?;
+    let file_len = file.metadata().map_err(io_error)?.len();
+    let reader = BufReader::new(file);
+
+    // npyz multiplies the header's dimensions unchecked, which panics on
+    // overflow in debug builds; keep such a header from panicking.
+    let previous_hook = panic::take_hook();
+    panic::set_hook(Box::new(|_| {}));
+    let parsed = panic::catch_unwind(AssertUnwindSafe(|| NpyFile::new(reader)));
+    panic::set_hook(previous_hook);
+    let npy = match parsed {
+        Ok(Ok(npy)) => npy,
+        Ok(Err(e)) if e.kind() == io::ErrorKind::InvalidData => {
+            return Err(npy_error(path, format!("not a valid .npy file: {e}")))
+        }
+        Ok(Err(e)) if e.kind() == io::ErrorKind::UnexpectedEof => {
+            return Err(npy_error(path, "not a valid .npy file: truncated header"))
+        }
+        Ok(Err(e)) => return Err(io_error(e)),
+        Err(_) => {
+            return Err(npy_error(
+                path,
+                "not a valid .npy file: the shape's size overflows",
+            ))
+        }
+    };
+
+    let header = npy.header();
+    let shape = header
+        .shape()
+        .iter()
+        .map(|&d| usize::try_from(d).ok())
+        .collect::<Option<Vec<usize>>>();
+    let len = shape
+        .as_ref()
+        .and_then(|s| s.iter().try_fold(1usize, |acc, &d| acc.checked_mul(d)));
+    let (Some(shape), Some(len)) = (shape, len) else {
+        return Err(npy_error(
+            path,
+            format!(
+                "shape {:?} is too large for this machine",
+                header.shape().to_vec()
+            ),
+        ));
+    };
+    let dtype = header.dtype();
+    let item_size = match &dtype {
+        DType::Plain(ts) if !ts.uses_pickled_array() => ts.num_bytes().unwrap_or(0),
+        _ => 0,
+    };
+    if item_size == 0 {
+        return Err(npy_error(
+            path,
+            format!("unsupported dtype {}", dtype_text(&dtype)),
+        ));
+    }
+    if header.order() == Order::Fortran && shape.len() > 1 {
+        return Err(npy_error(
+            path,
+            format!(
+                "Fortran-order array of shape {}; only C order is supported (numpy.ascontiguousarray)",
+                shape_text(&shape)
+            ),
+        ));
+    }
+    // A cheap bound before allocating; `read_as` finds the exact end.
+    let data_bytes = (len as u128) * (item_size as u128);
+    if data_bytes > u128::from(file_len) {
+        return Err(npy_error(
+            path,
+            format!(
+                "truncated: shape {} needs {data_bytes} bytes of data, the whole file has {file_len}",
+                shape_text(&shape)
+            ),
+        ));
+    }
+    Ok((npy, shape, len))
+}
+
+/// Reads all `len` elements as `T` and converts each.
+fn read_as<T, U, R>(
+    path: &Path,
+    npy: NpyFile<R>,
+    len: usize,
+    mut convert: impl FnMut(usize, T) -> Result<U>,
+) -> Result<Vec<U>>
+where
+    T: npyz::Deserialize,
+    R: Read,
+{
+    let reader = npy
+        .data::<T>()
+        .map_err(|e| npy_error(path, format!("cannot read the data: {e}")))?;
+    let mut out = Vec::with_capacity(len);
+    for (i, value) in reader.enumerate() {
+        let value = value.map_err(|e| match e.kind() {
+            io::ErrorKind::UnexpectedEof => npy_error(
+                path,
+                format!("truncated: the data ends after {i} of {len} elements"),
+            ),
+            io::ErrorKind::InvalidData => npy_error(path, format!("invalid data: {e}")),
+            _ => Error::Io {
+                path: path.to_path_buf(),
+                source: e,
+            },
+        })?;
+        out.push(convert(i, value)?);
+    }
+    if out.len() != len {
+        return Err(npy_error(
+            path,
+            format!("truncated: {} of {len} elements", out.len()),
+        ));
+    }
+    Ok(out)
+}
+
+/// The dtype as numpy spells it, e.g. `<f4` or `[('a', '<f4'), ]`.
+fn dtype_text(dtype: &DType) -> String {
+    match dtype {
+        DType::Plain(ts) => ts.to_string(),
+        other => other.descr(),
+    }
+}
+
+/// Reads a float32 or float64 array as f32.
+fn read_floats(path: &Path) -> Result<Array<f32>> {
+    let (npy, shape, len) = open_npy(path)?;
+    let dtype = npy.header().dtype();
+    let data = match &dtype {
+        DType::Plain(ts) if ts.type_char() == TypeChar::Float && ts.size_field() == 4 => {
+            read_as::<f32, _, _>(path, npy, len, |_, x| Ok(x))?
+        }
+        DType::Plain(ts) if ts.type_char() == TypeChar::Float && ts.size_field() == 8 => {
+            read_as::<f64, _, _>(path, npy, len, |_, x| Ok(x as f32))?
+        }
+        _ => {
+            return Err(npy_error(
+                path,
+                format!(
+                    "unsupported dtype {}; expected float32 or float64",
+                    dtype_text(&dtype)
+                ),
+            ))
+        }
+    };
+    Ok(Array { shape, data })
+}
+
+/// Reads an integer array of any width and signedness as i64.
+fn read_ints(path: &Path) -> Result<Array<i64>> {
+    let (npy, shape, len) = open_npy(path)?;
+    let dtype = npy.header().dtype();
+    let kind = match &dtype {
+        DType::Plain(ts) => Some((ts.type_char(), ts.size_field())),
+        _ => None,
+    };
+    let data = match kind {
+        Some((TypeChar::Int, 1)) => read_as::<i8, _, _>(path, npy, len, |_, x| Ok(x.into()))?,
+        Some((TypeChar::Int, 2)) => read_as::<i16, _, _>(path, npy, len, |_, x| Ok(x.into()))?,
+        Some((TypeChar::Int, 4)) => read_as::<i32, _, _>(path, npy, len, |_, x| Ok(x.into()))?,
+        Some((TypeChar::Int, 8)) => read_as::<i64, _, _>(path, npy, len, |_, x| Ok(x))?,
+        Some((TypeChar::Uint, 1)) => read_as::<u8, _, _>(path, npy, len, |_, x| Ok(x.into()))?,
+        Some((TypeChar::Uint, 2)) => read_as::<u16, _, _>(path, npy, len, |_, x| Ok(x.into()))?,
+        Some((TypeChar::Uint, 4)) => read_as::<u32, _, _>(path, npy, len, |_, x| Ok(x.into()))?,
+        Some((TypeChar::Uint, 8)) => read_as::<u64, _, _>(path, npy, len, |row, x| {
+            i64::try_from(x).map_err(|_| {
+                npy_error(
+                    path,
+                    format!("label out of range at row {row}: label {x} does not fit a 64-bit signed integer"),
+                )
+            })
+        })?,
+        _ => {
+            return Err(npy_error(
+                path,
+                format!(
+                "unsupported dtype {}; expected an integer dtype (int8 to int64, uint8 to uint64)",
+                dtype_text(&dtype)
+            ),
+            ))
+        }
+    };
+    Ok(Array { shape, data })
+}
+
+/// Writes `[B]` float32 to a temporary file beside `path`, then renames it
+/// into place, so that a failure leaves no output file.
+fn write_per_example(path: &Path, losses: &[f32]) -> Result<()> {
+    let io_error = |source| Error::Io {
+        path: path.to_path_buf(),
+        source,
+    };
+    let mut bytes = Vec::with_capacity(128 + 4 * losses.len());
+    {
+        let mut writer = npyz::WriteOptions::<f32>::new()
+            .default_dtype()
+            .shape(&[losses.len() as u64])
+            .writer(&mut bytes)
+            .begin_nd()
+            .map_err(io_error)?;
+        writer.extend(losses.iter().copied()).map_err(io_error)?;
+        writer.finish().map_err(io_error)?;
+    }
+
+    let name = path.file_name().ok_or_else(|| {
+        Error::InvalidArgument(format!(
+            "--per-example-out {}: not a file name",
+            path.display()
+        ))
+    })?;
+    let dir = match path.parent() {
+        Some(p) if !p.as_os_str().is_empty() => p,
+        _ => Path::new("."),
+    };
+    let mut temp_name = std::ffi::OsString::from(".");
+    temp_name.push(name);
+    temp_name.push(format!(".{}.tmp", std::process::id()));
+    let temp = dir.join(temp_name);
+
+    let written = File::options()
+        .write(true)
+        .create_new(true)
+        .open(&temp)
+        .and_then(|mut file| {
+            file.write_all(&bytes)?;
+            file.sync_all()
+        })
+        .and_then(|()| std::fs::rename(&temp, path));
+    if let Err(source) = written {
+        let _ = std::fs::remove_file(&temp);
+        return Err(io_error(source));
+    }
+    Ok(())
+}
