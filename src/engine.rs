@@ -1,7 +1,7 @@
 //! One API over the GPU and the CPU.
 
 use crate::cpu::reference;
-use crate::error::Result;
+use crate::error::{Error, Result};
 use crate::gpu::{GpuContext, GpuOptions};
 use crate::output::{Backend, LossOutput};
 use crate::spec::{Batch, CrossEntropy};
@@ -58,6 +58,9 @@ impl Engine {
     pub async fn auto() -> Result<Engine> {
         match Engine::gpu().await {
             Ok(engine) => Ok(engine),
+            Err(Error::NoAdapter(reason)) if gpu_required() => Err(Error::NoAdapter(format!(
+                "{reason} ({REQUIRE_GPU_ENV}=1 forbids the CPU fallback)"
+            ))),
             Err(e) if gpu_required() => Err(e),
             Err(e) => Ok(Engine {
                 inner: Inner::Cpu,

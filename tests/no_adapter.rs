@@ -67,5 +67,8 @@ fn missing_adapter() {
         ],
         Engine::auto_blocking,
     );
-    assert!(matches!(result, Err(Error::NoAdapter(_))), "{result:?}");
+    match result {
+        Err(Error::NoAdapter(message)) => assert!(message.contains(REQUIRE_GPU_ENV), "{message}"),
+        other => panic!("expected NoAdapter, got {other:?}"),
+    }
 }
