@@ -184,6 +184,7 @@ impl std::fmt::Display for ReductionArg {
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
+    let runtime_dir = quiet_wsi_warning();
     let result = match cli.command {
         None => demo(&DemoArgs {
             backend: BackendArg::Auto,
@@ -191,6 +192,9 @@ fn main() -> ExitCode {
         Some(Command::Demo(args)) => demo(&args),
         Some(Command::Compute(args)) => compute(&args),
     };
+    if let Some(dir) = runtime_dir {
+        let _ = std::fs::remove_dir_all(dir);
+    }
     match result {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
@@ -199,6 +203,30 @@ fn main() -> ExitCode {
             ExitCode::from(2)
         }
     }
+}
+
+/// Mesa's window-system code prints `error: XDG_RUNTIME_DIR is invalid or
+/// not set` while adapters are enumerated, which would read like our own
+/// error line. When the variable is unset, point it at a private directory
+/// (still single-threaded here, so changing the environment is sound), and
+/// return it so that `main` removes it at the end.
+fn quiet_wsi_warning() -> Option<PathBuf> {
+    if std::env::var_os("XDG_RUNTIME_DIR").is_some() {
+        return None;
+    }
+    let dir = std::env::temp_dir().join(format!("fused-loss-runtime-{}", std::process::id()));
+    #[cfg(unix)]
+    let created = {
+        use std::os::unix::fs::DirBuilderExt;
+        std::fs::DirBuilder::new().mode(0o700).create(&dir).is_ok()
+    };
+    #[cfg(not(unix))]
+    let created = false;
+    if !created {
+        return None;
+    }
+    std::env::set_var("XDG_RUNTIME_DIR", &dir);
+    Some(dir)
 }
 
 /// Joins a possibly multi-line message into one line.
