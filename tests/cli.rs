@@ -1,11 +1,14 @@
 //! The `fused-loss` binary, run as a user runs it: real `.npy` files in a
 //! temporary directory, results compared with the f64 reference.
 
+mod common;
+
 use std::fs::File;
 use std::io::{BufWriter, Write};
 use std::path::{Path, PathBuf};
 use std::process::Command;
 
+use common::Rng;
 use fused_loss::cpu::reference;
 use fused_loss::{Batch, CrossEntropy, InputKind, LossOutput, Reduction};
 use npyz::WriterBuilder;
@@ -204,31 +207,13 @@ fn write_npy_with<T: npyz::AutoSerialize + Copy>(
     writer.finish().unwrap();
 }
 
-fn f32_npy(dir: &Path, name: &str, shape: &[u64], data: &[f32]) -> PathBuf {
-    let path = dir.join(name);
-    write_npy(&path, shape, data);
-    path
-}
-
-fn f64_npy(dir: &Path, name: &str, shape: &[u64], data: &[f64]) -> PathBuf {
-    let path = dir.join(name);
-    write_npy(&path, shape, data);
-    path
-}
-
-fn i64_npy(dir: &Path, name: &str, shape: &[u64], data: &[i64]) -> PathBuf {
-    let path = dir.join(name);
-    write_npy(&path, shape, data);
-    path
-}
-
-fn i32_npy(dir: &Path, name: &str, shape: &[u64], data: &[i32]) -> PathBuf {
-    let path = dir.join(name);
-    write_npy(&path, shape, data);
-    path
-}
-
-fn u8_npy(dir: &Path, name: &str, shape: &[u64], data: &[u8]) -> PathBuf {
+/// Writes `data` as a C-order `.npy` of `shape` into `dir`; the dtype follows `T`.
+fn npy<T: npyz::AutoSerialize + Copy>(
+    dir: &Path,
+    name: &str,
+    shape: &[u64],
+    data: &[T],
+) -> PathBuf {
     let path = dir.join(name);
     write_npy(&path, shape, data);
     path
@@ -263,22 +248,6 @@ fn read_f32_npy(path: &Path) -> (String, Vec<u64>, Vec<f32>) {
 // ---------------------------------------------------------------------------
 // Test data
 
-struct SplitMix64(u64);
-
-impl SplitMix64 {
-    fn next_u64(&mut self) -> u64 {
-        self.0 = self.0.wrapping_add(0x9E37_79B9_7F4A_7C15);
-        let mut z = self.0;
-        z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
-        z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
-        z ^ (z >> 31)
-    }
-
-    fn unit(&mut self) -> f64 {
-        (self.next_u64() >> 11) as f64 / (1u64 << 53) as f64
-    }
-}
-
 const B: usize = 37;
 const C: usize = 7;
 
@@ -292,12 +261,12 @@ struct Data {
 
 impl Data {
     fn new(seed: u64) -> Data {
-        let mut rng = SplitMix64(seed);
-        let logits = (0..B * C).map(|_| rng.unit() * 8.0 - 4.0).collect();
+        let mut rng = Rng::new(seed);
+        let logits = (0..B * C).map(|_| rng.unit() as f64 * 8.0 - 4.0).collect();
         let labels = (0..B).map(|_| (rng.next_u64() % C as u64) as i64).collect();
         let mut targets = Vec::with_capacity(B * C);
         for _ in 0..B {
-            let row: Vec<f64> = (0..C).map(|_| rng.unit()).collect();
+            let row: Vec<f64> = (0..C).map(|_| rng.unit() as f64).collect();
             let total: f64 = row.iter().sum();
             targets.extend(row.iter().map(|t| t / total));
         }
@@ -342,10 +311,10 @@ fn shape2() -> [u64; 2] {
 fn labels_on_cpu_match_the_reference_exactly() {
     let dir = tempfile::tempdir().unwrap();
     let d = Data::new(1);
-    let logits = f32_npy(dir.path(), "x.npy", &shape2(), &d.logits_f32());
-    let labels = i64_npy(dir.path(), "y.npy", &[B as u64], &d.labels);
-    let cw = f32_npy(dir.path(), "cw.npy", &[C as u64], &d.class_weights);
-    let sw = f32_npy(dir.path(), "sw.npy", &[B as u64], &d.sample_weights);
+    let logits = npy(dir.path(), "x.npy", &shape2(), &d.logits_f32());
+    let labels = npy(dir.path(), "y.npy", &[B as u64], &d.labels);
+    let cw = npy(dir.path(), "cw.npy", &[C as u64], &d.class_weights);
+    let sw = npy(dir.path(), "sw.npy", &[B as u64], &d.sample_weights);
     let r = run(&[
         "compute",
         "--logits",
@@ -381,7 +350,7 @@ fn labels_on_cpu_match_the_reference_exactly() {
 fn f64_logits_and_integer_label_dtypes() {
     let dir = tempfile::tempdir().unwrap();
     let d = Data::new(2);
-    let logits = f64_npy(dir.path(), "x.npy", &shape2(), &d.logits);
+    let logits = npy(dir.path(), "x.npy", &shape2(), &d.logits);
     let x = d.logits_f32();
     let y = d.labels_i32();
     let expected =
@@ -390,9 +359,9 @@ fn f64_logits_and_integer_label_dtypes() {
     let n = [B as u64];
     let as_u8: Vec<u8> = d.labels.iter().map(|&v| v as u8).collect();
     let label_files = [
-        i64_npy(dir.path(), "i64.npy", &n, &d.labels),
-        i32_npy(dir.path(), "i32.npy", &n, &y),
-        u8_npy(dir.path(), "u8.npy", &n, &as_u8),
+        npy(dir.path(), "i64.npy", &n, &d.labels),
+        npy(dir.path(), "i32.npy", &n, &y),
+        npy(dir.path(), "u8.npy", &n, &as_u8),
         {
             let path = dir.path().join("i8.npy");
             let v: Vec<i8> = d.labels.iter().map(|&v| v as i8).collect();
@@ -451,9 +420,9 @@ fn f64_logits_and_integer_label_dtypes() {
 fn dense_targets_and_probabilities() {
     let dir = tempfile::tempdir().unwrap();
     let d = Data::new(3);
-    let logits = f32_npy(dir.path(), "x.npy", &shape2(), &d.logits_f32());
-    let targets = f64_npy(dir.path(), "t.npy", &shape2(), &d.targets);
-    let sw = f64_npy(
+    let logits = npy(dir.path(), "x.npy", &shape2(), &d.logits_f32());
+    let targets = npy(dir.path(), "t.npy", &shape2(), &d.targets);
+    let sw = npy(
         dir.path(),
         "sw.npy",
         &[B as u64],
@@ -484,8 +453,8 @@ fn dense_targets_and_probabilities() {
     assert_json_equals(&r, &reference::compute(&spec, &batch).unwrap(), C);
 
     // Probabilities: softmax-like rows, labels.
-    let probs = f32_npy(dir.path(), "p.npy", &shape2(), &t);
-    let labels = i64_npy(dir.path(), "y.npy", &[B as u64], &d.labels);
+    let probs = npy(dir.path(), "p.npy", &shape2(), &t);
+    let labels = npy(dir.path(), "y.npy", &[B as u64], &d.labels);
     let r = run(&[
         "compute",
         "--logits",
@@ -513,10 +482,10 @@ fn every_reduction_by_name() {
     for n in (0..B).step_by(6) {
         y[n] = -100;
     }
-    let logits = f32_npy(dir.path(), "x.npy", &shape2(), &x);
-    let labels = i32_npy(dir.path(), "y.npy", &[B as u64], &y);
-    let cw = f32_npy(dir.path(), "cw.npy", &[C as u64], &d.class_weights);
-    let sw = f32_npy(dir.path(), "sw.npy", &[B as u64], &d.sample_weights);
+    let logits = npy(dir.path(), "x.npy", &shape2(), &x);
+    let labels = npy(dir.path(), "y.npy", &[B as u64], &y);
+    let cw = npy(dir.path(), "cw.npy", &[C as u64], &d.class_weights);
+    let sw = npy(dir.path(), "sw.npy", &[B as u64], &d.sample_weights);
     let mut losses = Vec::new();
     for reduction in Reduction::ALL {
         let r = run(&[
@@ -561,9 +530,9 @@ fn per_example_out_round_trip() {
     let d = Data::new(5);
     let x = d.logits_f32();
     let y = d.labels_i32();
-    let logits = f32_npy(dir.path(), "x.npy", &shape2(), &x);
-    let labels = i64_npy(dir.path(), "y.npy", &[B as u64], &d.labels);
-    let sw = f32_npy(dir.path(), "sw.npy", &[B as u64], &d.sample_weights);
+    let logits = npy(dir.path(), "x.npy", &shape2(), &x);
+    let labels = npy(dir.path(), "y.npy", &[B as u64], &d.labels);
+    let sw = npy(dir.path(), "sw.npy", &[B as u64], &d.sample_weights);
     let expected = reference::compute(
         &CrossEntropy::new().with_reduction(Reduction::None),
         &Batch::with_labels(&x, C, &y).sample_weights(&d.sample_weights),
@@ -625,8 +594,8 @@ fn per_example_out_round_trip() {
 fn human_output() {
     let dir = tempfile::tempdir().unwrap();
     let d = Data::new(6);
-    let logits = f32_npy(dir.path(), "x.npy", &shape2(), &d.logits_f32());
-    let labels = i64_npy(dir.path(), "y.npy", &[B as u64], &d.labels);
+    let logits = npy(dir.path(), "x.npy", &shape2(), &d.logits_f32());
+    let labels = npy(dir.path(), "y.npy", &[B as u64], &d.labels);
     let r = run(&[
         "compute",
         "--logits",
@@ -674,8 +643,8 @@ fn nonfinite_rows_propagate_or_fail_with_check_finite() {
     let d = Data::new(7);
     let mut x = d.logits_f32();
     x[3 * C + 1] = f32::NAN;
-    let logits = f32_npy(dir.path(), "x.npy", &shape2(), &x);
-    let labels = i64_npy(dir.path(), "y.npy", &[B as u64], &d.labels);
+    let logits = npy(dir.path(), "x.npy", &shape2(), &x);
+    let labels = npy(dir.path(), "y.npy", &[B as u64], &d.labels);
     let args = [
         "compute".to_string(),
         "--logits".into(),
@@ -713,8 +682,8 @@ impl Fixture {
     fn new() -> Fixture {
         let dir = tempfile::tempdir().unwrap();
         let d = Data::new(8);
-        let logits = f32_npy(dir.path(), "x.npy", &shape2(), &d.logits_f32());
-        let labels = i64_npy(dir.path(), "y.npy", &[B as u64], &d.labels);
+        let logits = npy(dir.path(), "x.npy", &shape2(), &d.logits_f32());
+        let labels = npy(dir.path(), "y.npy", &[B as u64], &d.labels);
         Fixture {
             dir,
             logits,
@@ -755,7 +724,7 @@ fn label_out_of_range() {
     let mut y = Data::new(8).labels;
     y[5] = C as i64;
     y[9] = -1;
-    let labels = i64_npy(f.path(), "bad.npy", &[B as u64], &y);
+    let labels = npy(f.path(), "bad.npy", &[B as u64], &y);
     f.expect(
         &f.logits,
         &labels,
@@ -769,7 +738,7 @@ fn label_that_does_not_fit_i32() {
     let f = Fixture::new();
     let mut y = Data::new(8).labels;
     y[2] = 1 << 40;
-    let labels = i64_npy(f.path(), "big.npy", &[B as u64], &y);
+    let labels = npy(f.path(), "big.npy", &[B as u64], &y);
     f.expect(
         &f.logits,
         &labels,
@@ -778,7 +747,7 @@ fn label_that_does_not_fit_i32() {
     );
     // An earlier label that fits i32 but not the classes is reported first.
     y[1] = 100;
-    let labels = i64_npy(f.path(), "big2.npy", &[B as u64], &y);
+    let labels = npy(f.path(), "big2.npy", &[B as u64], &y);
     f.expect(
         &f.logits,
         &labels,
@@ -797,7 +766,7 @@ fn label_that_does_not_fit_i32() {
 fn labels_of_the_wrong_length() {
     let f = Fixture::new();
     let y = &Data::new(8).labels[..B - 1];
-    let labels = i64_npy(f.path(), "short.npy", &[(B - 1) as u64], y);
+    let labels = npy(f.path(), "short.npy", &[(B - 1) as u64], y);
     f.expect(
         &f.logits,
         &labels,
@@ -805,10 +774,10 @@ fn labels_of_the_wrong_length() {
         "shape mismatch: labels has 36 elements, expected 37",
     );
     // 2-D labels are not accepted either.
-    let labels = i64_npy(f.path(), "2d.npy", &[B as u64, 1], &Data::new(8).labels);
+    let labels = npy(f.path(), "2d.npy", &[B as u64, 1], &Data::new(8).labels);
     f.expect(&f.logits, &labels, &[], "labels must be a 1-D array");
     // Nor 1-D logits.
-    let logits = f32_npy(
+    let logits = npy(
         f.path(),
         "1d.npy",
         &[(B * C) as u64],
@@ -820,7 +789,7 @@ fn labels_of_the_wrong_length() {
 #[test]
 fn class_weights_of_the_wrong_length() {
     let f = Fixture::new();
-    let cw = f32_npy(f.path(), "cw.npy", &[(C + 1) as u64], &[1.0; C + 1]);
+    let cw = npy(f.path(), "cw.npy", &[(C + 1) as u64], &[1.0; C + 1]);
     f.expect(
         &f.logits,
         &f.labels,
@@ -834,7 +803,7 @@ fn negative_sample_weight() {
     let f = Fixture::new();
     let mut w = vec![1.0f32; B];
     w[2] = -1.0;
-    let sw = f32_npy(f.path(), "sw.npy", &[B as u64], &w);
+    let sw = npy(f.path(), "sw.npy", &[B as u64], &w);
     f.expect(
         &f.logits,
         &f.labels,
@@ -857,7 +826,7 @@ fn label_smoothing_out_of_range() {
 #[test]
 fn ignore_index_with_targets() {
     let f = Fixture::new();
-    let t = f32_npy(f.path(), "t.npy", &shape2(), &Data::new(8).targets_f32());
+    let t = npy(f.path(), "t.npy", &shape2(), &Data::new(8).targets_f32());
     let args: Vec<String> = [
         "compute",
         "--backend",
@@ -878,7 +847,7 @@ fn ignore_index_with_targets() {
         "ignore_index cannot be used with dense targets",
     );
     // Targets of another shape.
-    let t2 = f32_npy(
+    let t2 = npy(
         f.path(),
         "t2.npy",
         &[C as u64, B as u64],
@@ -927,10 +896,10 @@ fn unsupported_dtypes() {
     let bools = raw_npy(f.path(), "bool.npy", "'|b1'", &format!("({B},)"), &[0u8; B]);
     f.expect(&f.logits, &bools, &[], "unsupported dtype");
     // Floats as labels.
-    let floats = f32_npy(f.path(), "fl.npy", &[B as u64], &[0.0; B]);
+    let floats = npy(f.path(), "fl.npy", &[B as u64], &[0.0; B]);
     f.expect(&f.logits, &floats, &[], "expected an integer dtype");
     // Integers as logits.
-    let ints = i32_npy(f.path(), "int.npy", &shape2(), &vec![0; B * C]);
+    let ints = npy(f.path(), "int.npy", &shape2(), &vec![0; B * C]);
     f.expect(&ints, &f.labels, &[], "expected float32 or float64");
     // Half precision.
     let half = raw_npy(f.path(), "half.npy", "'<f2'", "(1, 2)", &[0u8; 4]);
@@ -1026,7 +995,7 @@ fn expect_usage_error(args: &[String]) {
 #[test]
 fn labels_and_targets_are_exclusive_and_one_is_required() {
     let f = Fixture::new();
-    let t = f32_npy(f.path(), "t.npy", &shape2(), &Data::new(8).targets_f32());
+    let t = npy(f.path(), "t.npy", &shape2(), &Data::new(8).targets_f32());
     let out = f.path().join("out.npy");
     let both = f.args(
         &f.logits,
@@ -1135,9 +1104,9 @@ fn compute_on_the_gpu() {
     let d = Data::new(9);
     let x = d.logits_f32();
     let y = d.labels_i32();
-    let logits = f32_npy(dir.path(), "x.npy", &shape2(), &x);
-    let labels = i64_npy(dir.path(), "y.npy", &[B as u64], &d.labels);
-    let sw = f32_npy(dir.path(), "sw.npy", &[B as u64], &d.sample_weights);
+    let logits = npy(dir.path(), "x.npy", &shape2(), &x);
+    let labels = npy(dir.path(), "y.npy", &[B as u64], &d.labels);
+    let sw = npy(dir.path(), "sw.npy", &[B as u64], &d.sample_weights);
     let out = dir.path().join("out.npy");
     let args: Vec<String> = [
         "compute",
@@ -1192,7 +1161,7 @@ fn compute_on_the_gpu() {
     // A bad label is caught on the device: exit 2, no output file.
     let mut bad = d.labels.clone();
     bad[11] = 9;
-    let bad_labels = i64_npy(dir.path(), "bad.npy", &[B as u64], &bad);
+    let bad_labels = npy(dir.path(), "bad.npy", &[B as u64], &bad);
     std::fs::remove_file(&out).unwrap();
     let args: Vec<String> = [
         "compute",
