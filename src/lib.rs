@@ -55,11 +55,13 @@
 #![warn(missing_docs)]
 
 pub mod cpu;
+pub mod diagnostics;
 mod engine;
 mod error;
 pub mod gpu;
 mod output;
 mod spec;
+pub mod tensorboard;
 
 pub use engine::{gpu_required, Engine, REQUIRE_GPU_ENV};
 pub use error::{Error, Result};

@@ -2,10 +2,12 @@
 
 mod context;
 pub(crate) mod cross_entropy;
+mod diagnostics;
 pub(crate) mod reduce_partials;
 
 pub use context::{GpuContext, GpuOptions};
 pub use cross_entropy::KernelVariant;
+pub use diagnostics::GpuDiagnostics;
 
 /// `shaders/partial.wgsl`: the partial and its compensated arithmetic,
 /// prepended to every kernel.
