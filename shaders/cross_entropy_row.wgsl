@@ -1,7 +1,8 @@
-// Library, no entry point: the bindings and the per-row math (DESIGN §2)
-// shared by cross_entropy_wide.wgsl and cross_entropy_narrow.wgsl. The host
-// prepends partial.wgsl and this file (gpu::shader_source).
-// CPU twin: src/cpu/reference.rs.
+// Library, no entry point: the uniform and the per-row math (DESIGN §2)
+// shared by the forward kernels (wide, narrow) and the gradient kernels.
+// The including files declare the bindings `params`, `logits`,
+// `dense_targets`, `labels`, `class_weights` and `sample_weights`.
+// The host prepends it (gpu::shader_source). CPU twin: src/cpu/reference.rs.
 
 const FLAG_DENSE: u32 = 1u;
 const FLAG_PROBABILITIES: u32 = 2u;
@@ -9,6 +10,9 @@ const FLAG_CLASS_WEIGHTS: u32 = 4u;
 const FLAG_SAMPLE_WEIGHTS: u32 = 8u;
 const FLAG_IGNORE_INDEX: u32 = 16u;
 const FLAG_SMOOTHING: u32 = 32u;
+const FLAG_SOFTCAP: u32 = 64u;
+const FLAG_Z_LOSS: u32 = 128u;
+const FLAG_ROW_STATS: u32 = 256u;
 const PROB_EPS: f32 = 1e-7;
 
 // Keep in sync with gpu::cross_entropy::Params.
@@ -24,17 +28,12 @@ struct Params {
     label_smoothing: f32,
     class_weight_sum: f32, // Σ_c w_c
     zero: u32,             // always 0; see opaque()
+    z_loss: f32,
+    softcap: f32,
+    final_partial: u32,    // index of the fully reduced partial (gradient)
+    reduction: u32,        // gradient scaling: 0 none, 1 sum, 2 mean, 3 sobs, 4 sbnz
     _pad: u32,
 }
-
-@group(0) @binding(0) var<uniform> params: Params;
-@group(0) @binding(1) var<storage, read> logits: array<f32>;        // this chunk
-@group(0) @binding(2) var<storage, read> dense_targets: array<f32>; // this chunk
-@group(0) @binding(3) var<storage, read> labels: array<i32>;        // whole batch
-@group(0) @binding(4) var<storage, read> class_weights: array<f32>;
-@group(0) @binding(5) var<storage, read> sample_weights: array<f32>;
-@group(0) @binding(6) var<storage, read_write> per_example: array<f32>;
-@group(0) @binding(7) var<storage, read_write> partials: array<Partial>;
 
 fn has(flag: u32) -> bool {
     return (params.flags & flag) != 0u;
@@ -44,6 +43,10 @@ fn is_neg_inf(x: f32) -> bool {
     return bitcast<u32>(x) == 0xff800000u;
 }
 
+fn is_nan(x: f32) -> bool {
+    return (bitcast<u32>(x) & 0x7fffffffu) > 0x7f800000u;
+}
+
 // NaN or +inf: the row's loss is NaN.
 fn is_poison(x: f32) -> bool {
     return !is_finite(x) && !is_neg_inf(x);
@@ -51,6 +54,15 @@ fn is_poison(x: f32) -> bool {
 
 fn quiet_nan() -> f32 {
     return bitcast<f32>(0x7fc00000u | params.zero);
+}
+
+// Logit i after the optional soft-cap.
+fn logit(i: u32) -> f32 {
+    let x = logits[i];
+    if has(FLAG_SOFTCAP) {
+        return params.softcap * tanh(x / params.softcap);
+    }
+    return x;
 }
 
 fn class_weight(c: u32) -> f32 {
@@ -105,7 +117,7 @@ struct RowSums {
 }
 
 fn row_pivot(base: u32) -> f32 {
-    let x0 = logits[base];
+    let x0 = logit(base);
     return select(0.0, x0, is_finite(x0));
 }
 
@@ -127,8 +139,9 @@ fn logit_sums(base: u32, pivot: f32, lo: u32, step: u32) -> RowSums {
     var out = RowSums(vec2<f32>(bitcast<f32>(0xff800000u), 0.0), 0.0, 0.0, 0u);
     let sums = needs_class_sums();
     for (var c = lo; c < params.classes; c += step) {
-        let x = logits[base + c];
-        out.bad |= u32(is_poison(x));
+        let raw = logits[base + c];
+        out.bad |= u32(is_poison(raw));
+        let x = logit(base + c);
         out.lse = lse_push(out.lse, x);
         if sums {
             let a = coefficient(base, c);
@@ -171,83 +184,3 @@ fn probability_sums(base: u32, total: f32, lo: u32, step: u32) -> f32 {
     return acc;
 }
 
-// Finishes row `local_row` from its combined sums: writes L_n and folds the
-// row into `partial`. For logits `prob_total` is unused; for probabilities
-// `lse` and `pivot` are.
-fn finish_row(local_row: u32, sums: RowSums, pivot: f32, prob_total: f32, partial: ptr<function, Partial>) {
-    let row = params.row_base + local_row;
-    let base = local_row * params.classes;
-    let probabilities = has(FLAG_PROBABILITIES);
-    let eps = params.label_smoothing;
-    let eps_per_class = eps / f32(params.classes);
-    let m = sums.lse.x;
-    let s = sums.lse.y;
-    var poisoned = sums.bad != 0u || (!probabilities && s <= 0.0); // all −inf
-    var sw = 1.0;
-    if has(FLAG_SAMPLE_WEIGHTS) {
-        sw = sample_weights[row];
-    }
-    var counted = true;
-    var loss = 0.0;
-    var omega = vec2<f32>(sw, 0.0);
-    if has(FLAG_DENSE) {
-        if probabilities {
-            loss = -sums.acc;
-        } else {
-            loss = ((m - pivot) + log(s)) * sums.total - sums.acc;
-        }
-    } else {
-        let y = labels[row];
-        if has(FLAG_IGNORE_INDEX) && y == params.ignore_index {
-            counted = false;
-        } else if y < 0 || u32(y) >= params.classes {
-            counted = false;
-            if row < (*partial).first_bad_row {
-                (*partial).first_bad_row = row;
-                (*partial).bad_label = y;
-            }
-        } else {
-            let wy = class_weight(u32(y));
-            omega = two_prod(sw, wy);
-            let hard = (1.0 - eps) * wy;
-            var nll = 0.0;
-            var smoothed = 0.0;
-            if probabilities {
-                if hard != 0.0 {
-                    nll = -hard * clipped_log(logits[base + u32(y)], prob_total);
-                }
-                smoothed = -eps_per_class * sums.acc;
-            } else {
-                if hard != 0.0 {
-                    nll = hard * ((m - logits[base + u32(y)]) + log(s));
-                }
-                if has(FLAG_SMOOTHING) {
-                    smoothed = eps_per_class * (((m - pivot) + log(s)) * params.class_weight_sum - sums.acc);
-                }
-            }
-            loss = nll + smoothed;
-        }
-        if !counted {
-            poisoned = false;
-            omega = vec2<f32>(0.0);
-        }
-    }
-    if counted {
-        loss = select(loss * sw, 0.0, sw == 0.0);
-    }
-    if poisoned {
-        loss = quiet_nan();
-    }
-    per_example[row] = loss;
-    if !is_finite(loss) {
-        (*partial).nonfinite_rows += 1u;
-        (*partial).first_nonfinite_row = min((*partial).first_nonfinite_row, row);
-    }
-    (*partial).sum = ff_add((*partial).sum, vec2<f32>(loss, 0.0));
-    (*partial).weight_sum = ff_add((*partial).weight_sum, omega);
-    if counted {
-        (*partial).sample_weight_sum = ff_add((*partial).sample_weight_sum, vec2<f32>(sw, 0.0));
-        (*partial).count += 1u;
-        (*partial).nonzero_count += u32(sw != 0.0);
-    }
-}

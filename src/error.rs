@@ -45,6 +45,22 @@ pub enum Error {
     /// Label smoothing outside `[0, 1]`.
     #[error("label smoothing must be in [0, 1], got {0}")]
     InvalidLabelSmoothing(f64),
+    /// A numeric option is out of its range.
+    #[error("invalid {option}: {value}, expected {expected}")]
+    InvalidOption {
+        /// The option, e.g. `"z-loss"`.
+        option: &'static str,
+        /// The value given.
+        value: f64,
+        /// What is allowed.
+        expected: &'static str,
+    },
+    /// An option that needs logits was used with probabilities.
+    #[error("{option} is only defined for logits input, not probabilities")]
+    LogitsOnly {
+        /// The option, e.g. `"softcap"`.
+        option: &'static str,
+    },
     /// `ignore_index` was set together with dense targets.
     #[error("ignore_index cannot be used with dense targets")]
     IgnoreIndexWithDenseTargets,

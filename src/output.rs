@@ -2,6 +2,16 @@
 
 use crate::spec::Reduction;
 
+/// What the gradient of a reduction is divided by (0 means the gradient is 0).
+pub(crate) fn gradient_denominator(stats: &LossStats, reduction: Reduction) -> f64 {
+    match reduction {
+        Reduction::None | Reduction::Sum => 1.0,
+        Reduction::Mean => stats.weight_sum,
+        Reduction::SumOverBatchSize => stats.count as f64,
+        Reduction::SumByNonzeroWeights => stats.nonzero_count as f64,
+    }
+}
+
 /// Mergeable statistics of a batch (DESIGN §2). Shards merge by addition.
 #[derive(Clone, Copy, Debug, Default, PartialEq)]
 pub struct LossStats {
@@ -92,6 +102,12 @@ pub struct LossOutput {
     pub stats: LossStats,
     /// The backend that computed it.
     pub backend: Backend,
+    /// With [`CrossEntropy::gradient`](crate::CrossEntropy::gradient): the
+    /// gradient of `loss` with respect to the logits, row-major `[B, C]`.
+    pub gradient: Option<Vec<f32>>,
+    /// With [`CrossEntropy::row_lse`](crate::CrossEntropy::row_lse): each
+    /// row's log-sum-exp of the (soft-capped) logits.
+    pub row_lse: Option<Vec<f32>>,
 }
 
 impl LossOutput {
@@ -108,6 +124,8 @@ impl LossOutput {
             average_loss: stats.average_loss(),
             stats,
             backend,
+            gradient: None,
+            row_lse: None,
         }
     }
 }

@@ -99,6 +99,18 @@ pub struct CrossEntropy {
     pub reduction: Reduction,
     /// Turn rows with a non-finite loss into [`Error::NonFiniteLoss`].
     pub check_finite: bool,
+    /// z-loss coefficient `z ≥ 0`: adds `s_n·z·lse_n²` to every row that is
+    /// not ignored (logits only).
+    pub z_loss: f32,
+    /// Logit soft-capping: `x ← cap·tanh(x/cap)` before the softmax (logits
+    /// only, `cap > 0`).
+    pub softcap: Option<f32>,
+    /// Also return the gradient of the reduced value with respect to the
+    /// logits (logits only). With [`Reduction::None`] it is the gradient of
+    /// `Σ L_n`, i.e. each row's own per-example gradient.
+    pub gradient: bool,
+    /// Also return each row's log-sum-exp (of the soft-capped logits).
+    pub row_lse: bool,
 }
 
 impl CrossEntropy {
@@ -141,6 +153,68 @@ impl CrossEntropy {
     pub fn with_check_finite(mut self, check: bool) -> Self {
         self.check_finite = check;
         self
+    }
+
+    /// Sets the z-loss coefficient.
+    pub fn with_z_loss(mut self, z: f32) -> Self {
+        self.z_loss = z;
+        self
+    }
+
+    /// Sets the logit soft-cap.
+    pub fn with_softcap(mut self, cap: f32) -> Self {
+        self.softcap = Some(cap);
+        self
+    }
+
+    /// Asks for the gradient with respect to the logits.
+    pub fn with_gradient(mut self, gradient: bool) -> Self {
+        self.gradient = gradient;
+        self
+    }
+
+    /// Asks for each row's log-sum-exp.
+    pub fn with_row_lse(mut self, row_lse: bool) -> Self {
+        self.row_lse = row_lse;
+        self
+    }
+
+    /// Checks the options that do not depend on the batch.
+    pub fn validate(&self) -> Result<()> {
+        let eps = self.label_smoothing;
+        if !(0.0..=1.0).contains(&eps) {
+            return Err(Error::InvalidLabelSmoothing(eps as f64));
+        }
+        if !(self.z_loss >= 0.0 && self.z_loss.is_finite()) {
+            return Err(Error::InvalidOption {
+                option: "z-loss",
+                value: self.z_loss as f64,
+                expected: "a finite value >= 0",
+            });
+        }
+        if let Some(cap) = self.softcap {
+            if !(cap > 0.0 && cap.is_finite()) {
+                return Err(Error::InvalidOption {
+                    option: "softcap",
+                    value: cap as f64,
+                    expected: "a finite value > 0",
+                });
+            }
+        }
+        if self.input == InputKind::Probabilities {
+            if self.gradient {
+                return Err(Error::GradientOfProbabilities);
+            }
+            let logits_only = [
+                ("z-loss", self.z_loss > 0.0),
+                ("softcap", self.softcap.is_some()),
+                ("row lse", self.row_lse),
+            ];
+            if let Some((option, _)) = logits_only.into_iter().find(|(_, on)| *on) {
+                return Err(Error::LogitsOnly { option });
+            }
+        }
+        Ok(())
     }
 }
 
@@ -228,11 +302,7 @@ impl<'a> Batch<'a> {
             check_len("class weights", self.classes, weights.len())?;
             check_weights("class weight", weights)?;
         }
-        let eps = spec.label_smoothing;
-        if !(0.0..=1.0).contains(&eps) {
-            return Err(Error::InvalidLabelSmoothing(eps as f64));
-        }
-        Ok(())
+        spec.validate()
     }
 }
 

@@ -1,6 +1,6 @@
 //! The f64 oracle. Written to be read beside DESIGN §2, not to be fast.
 //!
-//! Conventions shared with the GPU kernel:
+//! Conventions shared with the GPU kernels:
 //! - a term whose coefficient `a_c` is zero contributes nothing, even when
 //!   `ℓ_c = −inf` (a masked class);
 //! - a row with a NaN or `+inf` input, or whose logits are all `−inf`, has a
@@ -8,11 +8,11 @@
 //! - a row with `s_n = 0` has `L_n = 0` unless the rule above makes it NaN.
 
 use crate::error::{Error, Result};
-use crate::output::{Backend, LossOutput, LossStats};
+use crate::output::{gradient_denominator, Backend, LossOutput, LossStats};
 use crate::spec::{check_labels, Batch, CrossEntropy, InputKind, Targets, PROBABILITY_EPSILON};
 
 /// One row's exact results.
-#[derive(Clone, Copy, Debug, PartialEq)]
+#[derive(Clone, Debug, PartialEq)]
 pub struct RowLoss {
     /// `L_n` in f64.
     pub loss: f64,
@@ -22,26 +22,44 @@ pub struct RowLoss {
     pub coefficient_sum: f64,
     /// Whether the row is ignored.
     pub ignored: bool,
+    /// The log-sum-exp of the (soft-capped) logits; NaN for probabilities.
+    pub lse: f64,
+    /// `∂L_n/∂x_{n,c}`, unscaled by the reduction (logits only; empty for
+    /// probabilities).
+    pub gradient: Vec<f64>,
 }
 
-/// Log-probabilities of one row, or `None` when the row's loss is NaN.
-fn log_probs(spec: &CrossEntropy, row: &[f32]) -> Option<Vec<f64>> {
+/// A row's log-probabilities and log-sum-exp, or `None` when its loss is NaN.
+struct LogProbs {
+    log_probs: Vec<f64>,
+    lse: f64,
+    /// `cap·tanh(x/cap)` where a softcap is set, else `x`.
+    capped: Vec<f64>,
+}
+
+fn log_probs(spec: &CrossEntropy, row: &[f32]) -> Option<LogProbs> {
     if row.iter().any(|x| x.is_nan() || *x == f32::INFINITY) {
         return None;
     }
     match spec.input {
         InputKind::Logits => {
-            let max = row.iter().fold(f64::NEG_INFINITY, |m, &x| m.max(x as f64));
+            let capped: Vec<f64> = row
+                .iter()
+                .map(|&x| match spec.softcap {
+                    Some(cap) => cap as f64 * (x as f64 / cap as f64).tanh(),
+                    None => x as f64,
+                })
+                .collect();
+            let max = capped.iter().fold(f64::NEG_INFINITY, |m, &x| m.max(x));
             if max == f64::NEG_INFINITY {
                 return None;
             }
-            let lse = max
-                + row
-                    .iter()
-                    .map(|&x| (x as f64 - max).exp())
-                    .sum::<f64>()
-                    .ln();
-            Some(row.iter().map(|&x| x as f64 - lse).collect())
+            let lse = max + capped.iter().map(|&x| (x - max).exp()).sum::<f64>().ln();
+            Some(LogProbs {
+                log_probs: capped.iter().map(|&x| x - lse).collect(),
+                lse,
+                capped,
+            })
         }
         InputKind::Probabilities => {
             if row.iter().any(|x| x.is_infinite()) {
@@ -50,11 +68,14 @@ fn log_probs(spec: &CrossEntropy, row: &[f32]) -> Option<Vec<f64>> {
             let total: f64 = row.iter().map(|&p| p as f64).sum();
             let lo = PROBABILITY_EPSILON as f64;
             let hi = (1.0f32 - PROBABILITY_EPSILON) as f64;
-            Some(
-                row.iter()
+            Some(LogProbs {
+                log_probs: row
+                    .iter()
                     .map(|&p| (p as f64 / total).clamp(lo, hi).ln())
                     .collect(),
-            )
+                lse: f64::NAN,
+                capped: Vec::new(),
+            })
         }
     }
 }
@@ -67,20 +88,30 @@ pub fn row_losses(spec: &CrossEntropy, batch: &Batch<'_>) -> Result<Vec<RowLoss>
         check_labels(labels, classes, spec.ignore_index)?;
     }
     let eps = spec.label_smoothing as f64;
+    let z_loss = spec.z_loss as f64;
+    let logits_input = spec.input == InputKind::Logits;
     let class_weight = |c: usize| spec.class_weights.as_ref().map_or(1.0, |w| w[c] as f64);
     let mut rows = Vec::with_capacity(batch.batch);
     let mut coefficients = vec![0.0f64; classes];
     for n in 0..batch.batch {
         let s = batch.sample_weights.map_or(1.0, |w| w[n] as f64);
+        let row = &batch.logits[n * classes..(n + 1) * classes];
         let weight = match batch.targets {
             Targets::Labels(labels) => {
                 let y = labels[n];
                 if Some(y) == spec.ignore_index {
+                    let lse = log_probs(spec, row).map_or(f64::NAN, |l| l.lse);
                     rows.push(RowLoss {
                         loss: 0.0,
                         weight: 0.0,
                         coefficient_sum: 0.0,
                         ignored: true,
+                        lse,
+                        gradient: if logits_input {
+                            vec![0.0; classes]
+                        } else {
+                            Vec::new()
+                        },
                     });
                     continue;
                 }
@@ -102,23 +133,53 @@ pub fn row_losses(spec: &CrossEntropy, batch: &Batch<'_>) -> Result<Vec<RowLoss>
                 s
             }
         };
-        let row = &batch.logits[n * classes..(n + 1) * classes];
-        let loss = match log_probs(spec, row) {
+        let terms = log_probs(spec, row);
+        let loss = match &terms {
             None => f64::NAN,
             Some(_) if s == 0.0 => 0.0,
-            // L = −Σ_c a_c·ℓ_c, skipping zero coefficients
-            Some(l) => -coefficients
-                .iter()
-                .zip(&l)
-                .filter(|(a, _)| **a != 0.0)
-                .map(|(a, l)| a * l)
-                .sum::<f64>(),
+            // L = −Σ_c a_c·ℓ_c (zero coefficients skipped) + s·z·lse²
+            Some(t) => {
+                let cross_entropy = -coefficients
+                    .iter()
+                    .zip(&t.log_probs)
+                    .filter(|(a, _)| **a != 0.0)
+                    .map(|(a, l)| a * l)
+                    .sum::<f64>();
+                let z_term = if z_loss > 0.0 {
+                    s * z_loss * t.lse * t.lse
+                } else {
+                    0.0
+                };
+                cross_entropy + z_term
+            }
+        };
+        // ∂L/∂z_c = (Σ_k a_k)·p_c − a_c + 2·s·z·lse·p_c, then the softcap's
+        // chain rule ∂z_c/∂x_c = 1 − (z_c/cap)².
+        let gradient = match (&terms, logits_input) {
+            (_, false) => Vec::new(),
+            (None, true) => vec![f64::NAN; classes],
+            (Some(_), true) if s == 0.0 => vec![0.0; classes],
+            (Some(t), true) => {
+                let total: f64 = coefficients.iter().sum();
+                (0..classes)
+                    .map(|c| {
+                        let p = t.log_probs[c].exp();
+                        let dz = total * p - coefficients[c] + 2.0 * s * z_loss * t.lse * p;
+                        match spec.softcap {
+                            Some(cap) => dz * (1.0 - (t.capped[c] / cap as f64).powi(2)),
+                            None => dz,
+                        }
+                    })
+                    .collect()
+            }
         };
         rows.push(RowLoss {
             loss,
             weight,
             coefficient_sum: coefficients.iter().map(|a| a.abs()).sum(),
             ignored: false,
+            lse: terms.map_or(f64::NAN, |t| t.lse),
+            gradient,
         });
     }
     Ok(rows)
@@ -148,10 +209,22 @@ pub fn compute(spec: &CrossEntropy, batch: &Batch<'_>) -> Result<LossOutput> {
         }
     }
     let per_example = rows.iter().map(|r| r.loss as f32).collect();
-    Ok(LossOutput::new(
-        per_example,
-        spec.reduction,
-        stats,
-        Backend::Cpu,
-    ))
+    let mut out = LossOutput::new(per_example, spec.reduction, stats, Backend::Cpu);
+    if spec.gradient {
+        let denominator = gradient_denominator(&stats, spec.reduction);
+        let scale = if denominator == 0.0 {
+            0.0
+        } else {
+            1.0 / denominator
+        };
+        out.gradient = Some(
+            rows.iter()
+                .flat_map(|r| r.gradient.iter().map(move |g| (g * scale) as f32))
+                .collect(),
+        );
+    }
+    if spec.row_lse {
+        out.row_lse = Some(rows.iter().map(|r| r.lse as f32).collect());
+    }
+    Ok(out)
 }

@@ -26,6 +26,9 @@ pub struct GpuOptions {
     pub rows_per_group: Option<u32>,
     /// Use this kernel for every shape instead of choosing by class count.
     pub kernel: Option<KernelVariant>,
+    /// Write the gradient over the uploaded logits instead of into a
+    /// separate buffer: no extra B×C device memory.
+    pub gradient_in_place: bool,
 }
 
 /// Buffers kept between calls; each grows when a call needs more.
@@ -38,8 +41,19 @@ struct Buffers {
     sample_weights: Option<wgpu::Buffer>,
     per_example: Option<wgpu::Buffer>,
     partials: Option<wgpu::Buffer>,
+    row_stats: Option<wgpu::Buffer>,
+    gradient: Vec<Option<wgpu::Buffer>>,
     uniforms: Option<wgpu::Buffer>,
     staging: Option<wgpu::Buffer>,
+}
+
+/// Where each result sits in the staging buffer of one call.
+struct Readback {
+    staging: wgpu::Buffer,
+    size: u64,
+    partial_offset: u64,
+    gradient_offset: Option<u64>,
+    row_stats_offset: Option<u64>,
 }
 
 fn ensure(
@@ -89,7 +103,15 @@ pub struct GpuContext {
     narrow_pipeline: wgpu::ComputePipeline,
     reduce_layout: wgpu::BindGroupLayout,
     reduce_pipeline: wgpu::ComputePipeline,
+    gradient_layout: wgpu::BindGroupLayout,
+    gradient_pipeline: wgpu::ComputePipeline,
+    gradient_in_place_layout: wgpu::BindGroupLayout,
+    gradient_in_place_pipeline: wgpu::ComputePipeline,
+    gradient_in_place: bool,
     placeholder: wgpu::Buffer,
+    /// Stands in for an unused writable binding; a buffer may not be bound
+    /// read-only and writable in one dispatch.
+    placeholder_writable: wgpu::Buffer,
     max_binding_bytes: u64,
     rows_per_group: Option<u32>,
     kernel: Option<KernelVariant>,
@@ -179,8 +201,19 @@ impl GpuContext {
         let wide_pipeline = pipeline(&device, Kernel::Wide, &cross_entropy_layout);
         let narrow_pipeline = pipeline(&device, Kernel::Narrow, &cross_entropy_layout);
         let reduce_pipeline = pipeline(&device, Kernel::Reduce, &reduce_layout);
+        let gradient_layout = ce::gradient_layout(&device, false);
+        let gradient_pipeline = pipeline(&device, Kernel::Gradient, &gradient_layout);
+        let gradient_in_place_layout = ce::gradient_layout(&device, true);
+        let gradient_in_place_pipeline =
+            pipeline(&device, Kernel::GradientInPlace, &gradient_in_place_layout);
         let placeholder = device.create_buffer(&wgpu::BufferDescriptor {
             label: Some("placeholder"),
+            size: 16,
+            usage: wgpu::BufferUsages::STORAGE,
+            mapped_at_creation: false,
+        });
+        let placeholder_writable = device.create_buffer(&wgpu::BufferDescriptor {
+            label: Some("placeholder_writable"),
             size: 16,
             usage: wgpu::BufferUsages::STORAGE,
             mapped_at_creation: false,
@@ -207,7 +240,13 @@ impl GpuContext {
             narrow_pipeline,
             reduce_layout,
             reduce_pipeline,
+            gradient_layout,
+            gradient_pipeline,
+            gradient_in_place_layout,
+            gradient_in_place_pipeline,
+            gradient_in_place: options.gradient_in_place,
             placeholder,
+            placeholder_writable,
             max_binding_bytes: max_binding_bytes.max(256),
             rows_per_group: options.rows_per_group,
             kernel: options.kernel,
@@ -253,17 +292,16 @@ impl GpuContext {
         self.max_binding_bytes
     }
 
-    /// Runs the fused kernel and the reduction; one submission, one readback.
+    /// Runs the fused kernel, the reduction and, when asked, the gradient;
+    /// one submission, one readback.
     pub async fn compute(&self, spec: &CrossEntropy, batch: &Batch<'_>) -> Result<LossOutput> {
         batch.validate(spec)?;
         if batch.batch == 0 {
             let stats = LossStats::default();
-            return Ok(LossOutput::new(
-                Vec::new(),
-                spec.reduction,
-                stats,
-                Backend::Gpu,
-            ));
+            let mut out = LossOutput::new(Vec::new(), spec.reduction, stats, Backend::Gpu);
+            out.gradient = spec.gradient.then(Vec::new);
+            out.row_lse = spec.row_lse.then(Vec::new);
+            return Ok(out);
         }
         let probabilities = spec.input == InputKind::Probabilities;
         let variant = self
@@ -280,25 +318,36 @@ impl GpuContext {
         )?;
         let total_groups: u32 = chunks.iter().map(|c| c.groups).sum();
         let (reduce_passes, final_partial) = reduce_partials::plan(total_groups);
+        if spec.gradient {
+            let bytes = (batch.batch * batch.classes * 4 + batch.batch * 12) as u64;
+            let limit = self.device.limits().max_buffer_size;
+            if bytes > limit {
+                return Err(Error::BatchTooLarge {
+                    batch: batch.batch,
+                    max_batch: (limit / (batch.classes as u64 * 4 + 12)) as usize,
+                });
+            }
+        }
 
         let mut buffers = self.buffers.lock().await;
         let oom = self.device.push_error_scope(wgpu::ErrorFilter::OutOfMemory);
         let validation = self.device.push_error_scope(wgpu::ErrorFilter::Validation);
-        let (staging, staging_size, partial_offset) = self.encode(
-            &mut buffers,
+        let call = Call {
             spec,
             batch,
             variant,
-            &chunks,
-            &reduce_passes,
+            chunks: &chunks,
+            reduce_passes: &reduce_passes,
             final_partial,
-        );
+        };
+        let readback = self.encode(&mut buffers, &call);
         let validation = validation.pop();
         let oom = oom.pop();
 
+        let staging = &readback.staging;
         let (sender, receiver) = futures_intrusive::channel::shared::oneshot_channel();
         staging
-            .slice(..staging_size)
+            .slice(..readback.size)
             .map_async(wgpu::MapMode::Read, move |result| {
                 let _ = sender.send(result);
             });
@@ -318,17 +367,28 @@ impl GpuContext {
             Some(Err(e)) => return Err(Error::Gpu(format!("readback failed: {e}"))),
             None => return Err(Error::Gpu("readback was dropped".into())),
         }
-        let (per_example, partial) = {
+        let (per_example, partial, gradient, row_lse) = {
             let view = staging
-                .slice(..staging_size)
+                .slice(..readback.size)
                 .get_mapped_range()
                 .map_err(|e| Error::Gpu(e.to_string()))?;
-            let per_example: Vec<f32> = bytemuck::cast_slice(&view[..batch.batch * 4]).to_vec();
-            let partial: Partial = bytemuck::pod_read_unaligned(
-                &view[partial_offset as usize
-                    ..partial_offset as usize + std::mem::size_of::<Partial>()],
-            );
-            (per_example, partial)
+            let floats = |offset: u64, count: usize| -> Vec<f32> {
+                bytemuck::cast_slice(&view[offset as usize..offset as usize + count * 4]).to_vec()
+            };
+            let per_example = floats(0, batch.batch);
+            let at = readback.partial_offset as usize;
+            let partial: Partial =
+                bytemuck::pod_read_unaligned(&view[at..at + std::mem::size_of::<Partial>()]);
+            let gradient = readback
+                .gradient_offset
+                .map(|offset| floats(offset, batch.batch * batch.classes));
+            let row_lse = readback.row_stats_offset.map(|offset| {
+                floats(offset, batch.batch * 2)
+                    .chunks_exact(2)
+                    .map(|pair| pair[0])
+                    .collect()
+            });
+            (per_example, partial, gradient, row_lse)
         };
         staging.unmap();
         drop(buffers);
@@ -345,12 +405,15 @@ impl GpuContext {
                 row: partial.first_nonfinite_row as usize,
             });
         }
-        Ok(LossOutput::new(
+        let mut out = LossOutput::new(
             per_example,
             spec.reduction,
             partial.stats(batch.batch),
             Backend::Gpu,
-        ))
+        );
+        out.gradient = gradient;
+        out.row_lse = if spec.row_lse { row_lse } else { None };
+        Ok(out)
     }
 
     /// Blocking [`GpuContext::compute`].
@@ -358,44 +421,38 @@ impl GpuContext {
         pollster::block_on(self.compute(spec, batch))
     }
 
-    /// Uploads, records and submits one call. Returns the staging buffer,
-    /// the bytes to map and where the final partial sits in it.
-    #[allow(clippy::too_many_arguments)]
-    fn encode(
-        &self,
-        buffers: &mut Buffers,
-        spec: &CrossEntropy,
-        batch: &Batch<'_>,
-        variant: KernelVariant,
-        chunks: &[Chunk],
-        reduce_passes: &[reduce_partials::Params],
-        final_partial: u32,
-    ) -> (wgpu::Buffer, u64, u64) {
+    /// Uploads, records and submits one call.
+    fn encode(&self, buffers: &mut Buffers, call: &Call<'_>) -> Readback {
+        let Call {
+            spec,
+            batch,
+            variant,
+            chunks,
+            reduce_passes,
+            final_partial,
+        } = *call;
         let device = &self.device;
         let queue = &self.queue;
         let classes = batch.classes;
         let row_bytes = classes as u64 * 4;
+        let gradient = spec.gradient;
+        let in_place = gradient && self.gradient_in_place;
+        let row_stats_needed = gradient || spec.row_lse;
 
-        let mut flags = 0;
         let dense = matches!(batch.targets, Targets::Dense(_));
-        if dense {
-            flags |= ce::FLAG_DENSE;
-        }
-        if spec.input == InputKind::Probabilities {
-            flags |= ce::FLAG_PROBABILITIES;
-        }
-        if spec.class_weights.is_some() {
-            flags |= ce::FLAG_CLASS_WEIGHTS;
-        }
-        if batch.sample_weights.is_some() {
-            flags |= ce::FLAG_SAMPLE_WEIGHTS;
-        }
-        if spec.ignore_index.is_some() && !dense {
-            flags |= ce::FLAG_IGNORE_INDEX;
-        }
-        if spec.label_smoothing > 0.0 {
-            flags |= ce::FLAG_SMOOTHING;
-        }
+        let flag_if = |on: bool, flag: u32| if on { flag } else { 0 };
+        let flags = flag_if(dense, ce::FLAG_DENSE)
+            | flag_if(
+                spec.input == InputKind::Probabilities,
+                ce::FLAG_PROBABILITIES,
+            )
+            | flag_if(spec.class_weights.is_some(), ce::FLAG_CLASS_WEIGHTS)
+            | flag_if(batch.sample_weights.is_some(), ce::FLAG_SAMPLE_WEIGHTS)
+            | flag_if(spec.ignore_index.is_some() && !dense, ce::FLAG_IGNORE_INDEX)
+            | flag_if(spec.label_smoothing > 0.0, ce::FLAG_SMOOTHING)
+            | flag_if(spec.softcap.is_some(), ce::FLAG_SOFTCAP)
+            | flag_if(spec.z_loss > 0.0, ce::FLAG_Z_LOSS)
+            | flag_if(row_stats_needed, ce::FLAG_ROW_STATS);
         let class_weight_sum = spec
             .class_weights
             .as_ref()
@@ -418,6 +475,10 @@ impl GpuContext {
                 label_smoothing: spec.label_smoothing,
                 class_weight_sum: class_weight_sum as f32,
                 zero: 0,
+                z_loss: spec.z_loss,
+                softcap: spec.softcap.unwrap_or(1.0),
+                final_partial,
+                reduction: ce::reduction_code(spec.reduction),
                 _pad: 0,
             };
             let at = i * stride as usize;
@@ -476,13 +537,23 @@ impl GpuContext {
             queue.write_buffer(&buffer, 0, bytemuck::cast_slice(w));
             buffer
         });
+        let read_back = wgpu::BufferUsages::STORAGE | wgpu::BufferUsages::COPY_SRC;
         let per_example = ensure(
             &mut buffers.per_example,
             device,
             "per_example",
             batch_bytes,
-            wgpu::BufferUsages::STORAGE | wgpu::BufferUsages::COPY_SRC,
+            read_back,
         );
+        let row_stats = row_stats_needed.then(|| {
+            ensure(
+                &mut buffers.row_stats,
+                device,
+                "row_stats",
+                batch_bytes * 2,
+                read_back,
+            )
+        });
         let partial_size = std::mem::size_of::<Partial>() as u64;
         let partial_count = final_partial as u64 + 1;
         let partials = ensure(
@@ -490,10 +561,23 @@ impl GpuContext {
             device,
             "partials",
             partial_count * partial_size,
-            wgpu::BufferUsages::STORAGE | wgpu::BufferUsages::COPY_SRC,
+            read_back,
         );
+
+        // Staging: per-example losses, the final partial, then the gradient
+        // and the row stats when asked for.
         let partial_offset = batch_bytes.next_multiple_of(16);
-        let staging_size = partial_offset + partial_size;
+        let mut staging_size = partial_offset + partial_size;
+        let gradient_offset = gradient.then(|| {
+            let at = staging_size;
+            staging_size += batch_bytes * classes as u64;
+            at
+        });
+        let row_stats_offset = row_stats_needed.then(|| {
+            let at = staging_size.next_multiple_of(16);
+            staging_size = at + batch_bytes * 2;
+            at
+        });
         let staging = ensure(
             &mut buffers.staging,
             device,
@@ -502,14 +586,30 @@ impl GpuContext {
             wgpu::BufferUsages::MAP_READ | wgpu::BufferUsages::COPY_DST,
         );
 
-        // Chunked inputs: logits and dense targets, one buffer per chunk.
-        buffers
-            .logits
-            .resize(buffers.logits.len().max(chunks.len()), None);
-        buffers
-            .targets
-            .resize(buffers.targets.len().max(chunks.len()), None);
-        let mut bind_groups = Vec::with_capacity(chunks.len());
+        // Chunked inputs and gradient: one buffer per chunk.
+        let grow = |v: &mut Vec<Option<wgpu::Buffer>>| v.resize(v.len().max(chunks.len()), None);
+        grow(&mut buffers.logits);
+        grow(&mut buffers.targets);
+        grow(&mut buffers.gradient);
+        let whole = |b: &Option<wgpu::Buffer>, size: u64| match b {
+            Some(b) => (b.clone(), size),
+            None => (self.placeholder.clone(), 16),
+        };
+        let (labels, labels_size) = whole(&labels, batch_bytes);
+        let (class_w, class_w_size) = whole(&class_weights, row_bytes);
+        let (sample_w, sample_w_size) = whole(&sample_weights, batch_bytes);
+        let (row_stats, row_stats_size) = match &row_stats {
+            Some(b) => (b.clone(), batch_bytes * 2),
+            None => (self.placeholder_writable.clone(), 16),
+        };
+        let logits_usage = if in_place {
+            read_back | wgpu::BufferUsages::COPY_DST
+        } else {
+            STORAGE_IN
+        };
+        let mut forward_groups = Vec::with_capacity(chunks.len());
+        let mut gradient_groups = Vec::new();
+        let mut gradient_chunks = Vec::new();
         for (i, chunk) in chunks.iter().enumerate() {
             let range = chunk.first_row * classes..(chunk.first_row + chunk.rows) * classes;
             let chunk_bytes = chunk.rows as u64 * row_bytes;
@@ -518,7 +618,17 @@ impl GpuContext {
                 device,
                 "logits",
                 chunk_bytes,
-                STORAGE_IN,
+                logits_usage,
+            );
+            if !logits.usage().contains(logits_usage) {
+                buffers.logits[i] = None;
+            }
+            let logits = ensure(
+                &mut buffers.logits[i],
+                device,
+                "logits",
+                chunk_bytes,
+                logits_usage,
             );
             queue.write_buffer(
                 &logits,
@@ -539,31 +649,62 @@ impl GpuContext {
                 }
                 Targets::Labels(_) => None,
             };
-            let whole = |b: &Option<wgpu::Buffer>, size: u64| match b {
-                Some(b) => (b.clone(), size),
-                None => (self.placeholder.clone(), 16),
-            };
             let (targets, targets_size) = whole(&targets, chunk_bytes);
-            let (labels, labels_size) = whole(&labels, batch_bytes);
-            let (class_w, class_w_size) = whole(&class_weights, row_bytes);
-            let (sample_w, sample_w_size) = whole(&sample_weights, batch_bytes);
-            bind_groups.push(device.create_bind_group(&wgpu::BindGroupDescriptor {
+            let uniform = entry(
+                0,
+                binding(&uniforms, 0, std::mem::size_of::<ce::Params>() as u64),
+            );
+            let shared = [
+                entry(1, binding(&logits, 0, chunk_bytes)),
+                entry(2, binding(&targets, 0, targets_size)),
+                entry(3, binding(&labels, 0, labels_size)),
+                entry(4, binding(&class_w, 0, class_w_size)),
+                entry(5, binding(&sample_w, 0, sample_w_size)),
+            ];
+            let mut forward_entries = vec![uniform.clone()];
+            forward_entries.extend(shared.iter().cloned());
+            forward_entries.extend([
+                entry(6, binding(&per_example, 0, batch_bytes)),
+                entry(7, binding(&partials, 0, partial_count * partial_size)),
+                entry(8, binding(&row_stats, 0, row_stats_size)),
+            ]);
+            forward_groups.push(device.create_bind_group(&wgpu::BindGroupDescriptor {
                 label: Some("cross_entropy"),
                 layout: &self.cross_entropy_layout,
-                entries: &[
-                    entry(
-                        0,
-                        binding(&uniforms, 0, std::mem::size_of::<ce::Params>() as u64),
-                    ),
-                    entry(1, binding(&logits, 0, chunk_bytes)),
-                    entry(2, binding(&targets, 0, targets_size)),
-                    entry(3, binding(&labels, 0, labels_size)),
-                    entry(4, binding(&class_w, 0, class_w_size)),
-                    entry(5, binding(&sample_w, 0, sample_w_size)),
-                    entry(6, binding(&per_example, 0, batch_bytes)),
-                    entry(7, binding(&partials, 0, partial_count * partial_size)),
-                ],
+                entries: &forward_entries,
             }));
+            if gradient {
+                let mut entries = vec![uniform];
+                entries.extend(shared.iter().cloned());
+                entries.extend([
+                    entry(6, binding(&row_stats, 0, row_stats_size)),
+                    entry(7, binding(&partials, 0, partial_count * partial_size)),
+                ]);
+                let target = if in_place {
+                    logits.clone()
+                } else {
+                    ensure(
+                        &mut buffers.gradient[i],
+                        device,
+                        "gradient",
+                        chunk_bytes,
+                        read_back,
+                    )
+                };
+                if !in_place {
+                    entries.push(entry(8, binding(&target, 0, chunk_bytes)));
+                }
+                gradient_groups.push(device.create_bind_group(&wgpu::BindGroupDescriptor {
+                    label: Some("cross_entropy_grad"),
+                    layout: if in_place {
+                        &self.gradient_in_place_layout
+                    } else {
+                        &self.gradient_layout
+                    },
+                    entries: &entries,
+                }));
+                gradient_chunks.push((target, chunk_bytes));
+            }
         }
         let reduce_group = device.create_bind_group(&wgpu::BindGroupDescriptor {
             label: Some("reduce_partials"),
@@ -593,7 +734,7 @@ impl GpuContext {
                 KernelVariant::Wide => &self.wide_pipeline,
                 KernelVariant::Narrow => &self.narrow_pipeline,
             });
-            for (i, (chunk, group)) in chunks.iter().zip(&bind_groups).enumerate() {
+            for (i, (chunk, group)) in chunks.iter().zip(&forward_groups).enumerate() {
                 pass.set_bind_group(0, group, &[(i as u64 * stride) as u32]);
                 let (x, y) = ce::dispatch_size(chunk.groups);
                 pass.dispatch_workgroups(x, y, 1);
@@ -606,6 +747,19 @@ impl GpuContext {
                 let (x, y) = ce::dispatch_size(groups);
                 pass.dispatch_workgroups(x, y, 1);
             }
+            if gradient {
+                pass.set_pipeline(if in_place {
+                    &self.gradient_in_place_pipeline
+                } else {
+                    &self.gradient_pipeline
+                });
+                for (i, (chunk, group)) in chunks.iter().zip(&gradient_groups).enumerate() {
+                    pass.set_bind_group(0, group, &[(i as u64 * stride) as u32]);
+                    let elements = (chunk.rows * classes) as u32;
+                    let (x, y) = ce::dispatch_size(elements.div_ceil(ce::GRAD_WORKGROUP_SIZE));
+                    pass.dispatch_workgroups(x, y, 1);
+                }
+            }
         }
         encoder.copy_buffer_to_buffer(&per_example, 0, &staging, 0, batch_bytes);
         encoder.copy_buffer_to_buffer(
@@ -615,9 +769,35 @@ impl GpuContext {
             partial_offset,
             partial_size,
         );
+        if let Some(offset) = gradient_offset {
+            for (chunk, (buffer, bytes)) in chunks.iter().zip(&gradient_chunks) {
+                let at = offset + (chunk.first_row * classes) as u64 * 4;
+                encoder.copy_buffer_to_buffer(buffer, 0, &staging, at, *bytes);
+            }
+        }
+        if let Some(offset) = row_stats_offset {
+            encoder.copy_buffer_to_buffer(&row_stats, 0, &staging, offset, batch_bytes * 2);
+        }
         queue.submit([encoder.finish()]);
-        (staging, staging_size, partial_offset)
+        Readback {
+            staging,
+            size: staging_size,
+            partial_offset,
+            gradient_offset,
+            row_stats_offset,
+        }
     }
+}
+
+/// One call's inputs and plan.
+#[derive(Clone, Copy)]
+struct Call<'a> {
+    spec: &'a CrossEntropy,
+    batch: &'a Batch<'a>,
+    variant: KernelVariant,
+    chunks: &'a [Chunk],
+    reduce_passes: &'a [reduce_partials::Params],
+    final_partial: u32,
 }
 
 fn entry(binding: u32, resource: wgpu::BindingResource<'_>) -> wgpu::BindGroupEntry<'_> {
@@ -633,6 +813,8 @@ fn pipeline(
         Kernel::Wide => "cross_entropy_wide",
         Kernel::Narrow => "cross_entropy_narrow",
         Kernel::Reduce => "reduce_partials",
+        Kernel::Gradient => "cross_entropy_grad",
+        Kernel::GradientInPlace => "cross_entropy_grad_in_place",
     };
     let module = device.create_shader_module(wgpu::ShaderModuleDescriptor {
         label: Some(label),

@@ -20,7 +20,16 @@ pub(crate) const NARROW_DEFAULT_MAX_CLASSES: usize = 64;
 /// use the wide kernel.
 pub(crate) const NARROW_MAX_CLASSES: usize = 256;
 
+/// Threads per workgroup of the gradient kernels; keep in sync with `WG` in
+/// `cross_entropy_grad_row.wgsl`.
+pub(crate) const GRAD_WORKGROUP_SIZE: u32 = 256;
+
 pub(crate) const ROW_SHADER: &str = include_str!("../../shaders/cross_entropy_row.wgsl");
+pub(crate) const FORWARD_SHADER: &str = include_str!("../../shaders/cross_entropy_forward.wgsl");
+pub(crate) const GRAD_ROW_SHADER: &str = include_str!("../../shaders/cross_entropy_grad_row.wgsl");
+pub(crate) const GRAD_SHADER: &str = include_str!("../../shaders/cross_entropy_grad.wgsl");
+pub(crate) const GRAD_IN_PLACE_SHADER: &str =
+    include_str!("../../shaders/cross_entropy_grad_in_place.wgsl");
 pub(crate) const WIDE_SHADER: &str = include_str!("../../shaders/cross_entropy_wide.wgsl");
 pub(crate) const NARROW_SHADER: &str = include_str!("../../shaders/cross_entropy_narrow.wgsl");
 
@@ -62,6 +71,9 @@ pub(crate) const FLAG_CLASS_WEIGHTS: u32 = 4;
 pub(crate) const FLAG_SAMPLE_WEIGHTS: u32 = 8;
 pub(crate) const FLAG_IGNORE_INDEX: u32 = 16;
 pub(crate) const FLAG_SMOOTHING: u32 = 32;
+pub(crate) const FLAG_SOFTCAP: u32 = 64;
+pub(crate) const FLAG_Z_LOSS: u32 = 128;
+pub(crate) const FLAG_ROW_STATS: u32 = 256;
 
 /// Loop iterations one invocation may run. lavapipe silently stops a loop
 /// after 65,535 (DESIGN §5); this leaves a wide margin.
@@ -87,6 +99,10 @@ pub(crate) struct Params {
     pub class_weight_sum: f32,
     /// Always 0: the shaders' `opaque()` XORs with it.
     pub zero: u32,
+    pub z_loss: f32,
+    pub softcap: f32,
+    pub final_partial: u32,
+    pub reduction: u32,
     pub _pad: u32,
 }
 
@@ -205,6 +221,7 @@ pub(crate) fn storage_entry(binding: u32, read_only: bool) -> wgpu::BindGroupLay
     }
 }
 
+/// The forward kernels' bindings (`cross_entropy_forward.wgsl`).
 pub(crate) fn layout(device: &wgpu::Device) -> wgpu::BindGroupLayout {
     device.create_bind_group_layout(&wgpu::BindGroupLayoutDescriptor {
         label: Some("cross_entropy"),
@@ -217,8 +234,47 @@ pub(crate) fn layout(device: &wgpu::Device) -> wgpu::BindGroupLayout {
             storage_entry(5, true),  // sample weights
             storage_entry(6, false), // per-example losses
             storage_entry(7, false), // partials
+            storage_entry(8, false), // row stats (lse, Σ a_c / s)
         ],
     })
+}
+
+/// The gradient kernels' bindings; in place, the logits are written and
+/// there is no separate gradient buffer.
+pub(crate) fn gradient_layout(device: &wgpu::Device, in_place: bool) -> wgpu::BindGroupLayout {
+    let mut entries = vec![
+        uniform_entry(0, std::mem::size_of::<Params>()),
+        storage_entry(1, !in_place), // logits chunk
+        storage_entry(2, true),      // dense targets chunk
+        storage_entry(3, true),      // labels
+        storage_entry(4, true),      // class weights
+        storage_entry(5, true),      // sample weights
+        storage_entry(6, true),      // row stats
+        storage_entry(7, true),      // partials
+    ];
+    if !in_place {
+        entries.push(storage_entry(8, false)); // gradient chunk
+    }
+    device.create_bind_group_layout(&wgpu::BindGroupLayoutDescriptor {
+        label: Some(if in_place {
+            "cross_entropy_grad_in_place"
+        } else {
+            "cross_entropy_grad"
+        }),
+        entries: &entries,
+    })
+}
+
+/// The code the gradient kernels scale by (see `gradient_scale` in WGSL).
+pub(crate) fn reduction_code(reduction: crate::Reduction) -> u32 {
+    use crate::Reduction;
+    match reduction {
+        Reduction::None => 0,
+        Reduction::Sum => 1,
+        Reduction::Mean => 2,
+        Reduction::SumOverBatchSize => 3,
+        Reduction::SumByNonzeroWeights => 4,
+    }
 }
 
 #[cfg(test)]

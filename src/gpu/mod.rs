@@ -15,21 +15,34 @@ const PARTIAL_SHADER: &str = include_str!("../../shaders/partial.wgsl");
 
 /// The full WGSL source of a kernel: its libraries, then its entry file.
 pub(crate) fn shader_source(kernel: Kernel) -> String {
-    match kernel {
-        Kernel::Wide => [
+    let parts: &[&str] = match kernel {
+        Kernel::Wide => &[
             PARTIAL_SHADER,
-            cross_entropy::ROW_SHADER,
-            cross_entropy::WIDE_SHADER,
-        ]
-        .concat(),
-        Kernel::Narrow => [
+            ce::ROW_SHADER,
+            ce::FORWARD_SHADER,
+            ce::WIDE_SHADER,
+        ],
+        Kernel::Narrow => &[
             PARTIAL_SHADER,
-            cross_entropy::ROW_SHADER,
-            cross_entropy::NARROW_SHADER,
-        ]
-        .concat(),
-        Kernel::Reduce => [PARTIAL_SHADER, reduce_partials::SHADER].concat(),
-    }
+            ce::ROW_SHADER,
+            ce::FORWARD_SHADER,
+            ce::NARROW_SHADER,
+        ],
+        Kernel::Reduce => &[PARTIAL_SHADER, reduce_partials::SHADER],
+        Kernel::Gradient => &[
+            PARTIAL_SHADER,
+            ce::ROW_SHADER,
+            ce::GRAD_ROW_SHADER,
+            ce::GRAD_SHADER,
+        ],
+        Kernel::GradientInPlace => &[
+            PARTIAL_SHADER,
+            ce::ROW_SHADER,
+            ce::GRAD_ROW_SHADER,
+            ce::GRAD_IN_PLACE_SHADER,
+        ],
+    };
+    parts.concat()
 }
 
 /// Every compute kernel of the crate.
@@ -38,14 +51,24 @@ pub(crate) enum Kernel {
     Wide,
     Narrow,
     Reduce,
+    Gradient,
+    GradientInPlace,
 }
 
 impl Kernel {
     #[cfg(test)]
-    pub(crate) const ALL: [Kernel; 3] = [Kernel::Wide, Kernel::Narrow, Kernel::Reduce];
+    pub(crate) const ALL: [Kernel; 5] = [
+        Kernel::Wide,
+        Kernel::Narrow,
+        Kernel::Reduce,
+        Kernel::Gradient,
+        Kernel::GradientInPlace,
+    ];
 }
 
 use bytemuck::{Pod, Zeroable};
+
+use cross_entropy as ce;
 
 use crate::output::LossStats;
 
@@ -125,6 +148,10 @@ mod tests {
             "const WG: u32 = {}u;",
             cross_entropy::NARROW_WORKGROUP_SIZE
         )));
+        assert!(cross_entropy::GRAD_ROW_SHADER.contains(&format!(
+            "const WG: u32 = {}u;",
+            cross_entropy::GRAD_WORKGROUP_SIZE
+        )));
         assert!(reduce_partials::SHADER.contains(&format!(
             "const WG: u32 = {}u;",
             reduce_partials::WORKGROUP_SIZE
@@ -134,7 +161,7 @@ mod tests {
     #[test]
     fn partial_layout_matches_wgsl() {
         assert_eq!(std::mem::size_of::<Partial>(), 48);
-        assert_eq!(std::mem::size_of::<cross_entropy::Params>(), 48);
+        assert_eq!(std::mem::size_of::<cross_entropy::Params>(), 64);
         assert_eq!(std::mem::size_of::<reduce_partials::Params>(), 16);
     }
 }
