@@ -437,6 +437,17 @@ mod tests {
     }
 
     #[test]
+    fn framing_matches_tensorflow_byte_for_byte() {
+        // tf.io.TFRecordWriter's bytes for one record holding b"hello".
+        let want = "0500000000000000eab2043e68656c6c6fbb1f1c19";
+        let got: String = encode_record(b"hello")
+            .iter()
+            .map(|b| format!("{b:02x}"))
+            .collect();
+        assert_eq!(got, want);
+    }
+
+    #[test]
     fn records_round_trip_and_corruption_is_caught() {
         let mut stream = encode_record(b"hello");
         stream.extend(encode_record(b""));

@@ -1,6 +1,7 @@
-//! The `fused-loss` command line: a demo on an embedded batch, and `compute`
-//! on `.npy` files. Thin over the library; every error is one `error:` line
-//! on stderr and exit status 2.
+//! The `fused-loss` command line: a demo on an embedded set with flipped
+//! labels, `compute` on `.npy` files, and `audit` (diagnostics streamed over
+//! `.npy` files, in `fused-loss/audit.rs`). Thin over the library; every
+//! error is one `error:` line on stderr and exit status 2.
 
 use std::fmt::Write as _;
 use std::fs::File;
@@ -11,7 +12,6 @@ use std::process::ExitCode;
 
 use clap::builder::PossibleValue;
 use clap::{Args, Parser, Subcommand, ValueEnum};
-use fused_loss::cpu::reference;
 use fused_loss::{
     Batch, CrossEntropy, Engine, Error, InputKind, LossOutput, Reduction, Result, Targets,
 };
@@ -39,13 +39,24 @@ struct Cli {
 
 #[derive(Subcommand, Debug)]
 enum Command {
-    /// Compute an embedded 64 x 10 batch and check it against the f64 CPU
-    /// reference (the default command)
+    /// Find flipped labels in an embedded 2000 x 10 set with per-example
+    /// losses, and check the losses against the f64 CPU reference (the
+    /// default command)
     Demo(DemoArgs),
     /// Compute the cross-entropy of .npy inputs
     #[command(after_help = COMPUTE_AFTER_HELP)]
     Compute(ComputeArgs),
+    /// Stream .npy inputs in chunks: loss, average_loss, a histogram of the
+    /// per-example losses, the most suspicious rows, per_example.npy,
+    /// suspects.csv and TensorBoard summaries
+    #[command(after_help = audit::AUDIT_AFTER_HELP)]
+    Audit(audit::AuditArgs),
 }
+
+#[path = "fused-loss/audit.rs"]
+mod audit;
+#[path = "fused-loss/demo.rs"]
+mod demo;
 
 const COMPUTE_AFTER_HELP: &str = "\
 Inputs are .npy files. Logits, targets and weights: float32 or float64 \
@@ -186,11 +197,12 @@ fn main() -> ExitCode {
     let cli = Cli::parse();
     let runtime_dir = quiet_wsi_warning();
     let result = match cli.command {
-        None => demo(&DemoArgs {
+        None => demo::demo(&DemoArgs {
             backend: BackendArg::Auto,
         }),
-        Some(Command::Demo(args)) => demo(&args),
+        Some(Command::Demo(args)) => demo::demo(&args),
         Some(Command::Compute(args)) => compute(&args),
+        Some(Command::Audit(args)) => audit::audit(&args),
     };
     if let Some(dir) = runtime_dir {
         let _ = std::fs::remove_dir_all(dir);
@@ -269,141 +281,7 @@ fn print_stdout(text: &str) -> Result<()> {
 }
 
 // ---------------------------------------------------------------------------
-// demo
-
-/// SplitMix64: a tiny, well-mixed deterministic generator.
-struct SplitMix64(u64);
-
-impl SplitMix64 {
-    fn next_u64(&mut self) -> u64 {
-        self.0 = self.0.wrapping_add(0x9E37_79B9_7F4A_7C15);
-        let mut z = self.0;
-        z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
-        z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
-        z ^ (z >> 31)
-    }
-
-    /// Uniform in [0, 1).
-    fn unit(&mut self) -> f64 {
-        (self.next_u64() >> 11) as f64 / (1u64 << 53) as f64
-    }
-}
-
-const DEMO_BATCH: usize = 64;
-const DEMO_CLASSES: usize = 10;
-const DEMO_CONFIDENT_RIGHT: usize = 6;
-const DEMO_CONFIDENT_WRONG: usize = 4;
-
-/// The embedded batch: logits uniform in [-2, 2]; rows 0-5 put a logit of 9
-/// on their label (confident and right), rows 6-9 on another class
-/// (confident and wrong). Sample weights: 2 on every 16th row, 0.5 on every
-/// 4th, else 1.
-fn demo_batch() -> (Vec<f32>, Vec<i32>, Vec<f32>) {
-    let mut rng = SplitMix64(0x5EED_F00D);
-    let mut logits = Vec::with_capacity(DEMO_BATCH * DEMO_CLASSES);
-    let mut labels = Vec::with_capacity(DEMO_BATCH);
-    let mut weights = Vec::with_capacity(DEMO_BATCH);
-    for n in 0..DEMO_BATCH {
-        let mut row: Vec<f32> = (0..DEMO_CLASSES)
-            .map(|_| (4.0 * rng.unit() - 2.0) as f32)
-            .collect();
-        let label = (rng.next_u64() % DEMO_CLASSES as u64) as usize;
-        if n < DEMO_CONFIDENT_RIGHT {
-            row[label] = 9.0;
-        } else if n < DEMO_CONFIDENT_RIGHT + DEMO_CONFIDENT_WRONG {
-            row[(label + 1) % DEMO_CLASSES] = 9.0;
-        }
-        logits.extend_from_slice(&row);
-        labels.push(label as i32);
-        weights.push(if n % 16 == 0 {
-            2.0
-        } else if n % 4 == 3 {
-            0.5
-        } else {
-            1.0
-        });
-    }
-    (logits, labels, weights)
-}
-
-fn demo(args: &DemoArgs) -> Result<()> {
-    let engine = open_engine(args.backend)?;
-    note_fallback(&engine);
-    let (logits, labels, weights) = demo_batch();
-    let batch = Batch::with_labels(&logits, DEMO_CLASSES, &labels).sample_weights(&weights);
-    let spec = CrossEntropy::new().with_reduction(Reduction::Sum);
-    let out = engine.compute_blocking(&spec, &batch)?;
-
-    let mut text = String::new();
-    let t = &mut text;
-    let _ = writeln!(t, "backend        {}", engine.backend().name());
-    let _ = writeln!(t, "adapter        {}", engine.adapter());
-    let _ = writeln!(
-        t,
-        "input          {DEMO_BATCH} x {DEMO_CLASSES} logits, integer labels, sample weights; \
-         rows 0-{} confident and right, rows {}-{} confident and wrong",
-        DEMO_CONFIDENT_RIGHT - 1,
-        DEMO_CONFIDENT_RIGHT,
-        DEMO_CONFIDENT_RIGHT + DEMO_CONFIDENT_WRONG - 1
-    );
-    let _ = writeln!(t, "loss           {}", out.loss);
-    let _ = writeln!(
-        t,
-        "               reduction sum: the sum of the per-example losses, as a TF1 canned Estimator reports `loss`"
-    );
-    let _ = writeln!(t, "average_loss   {}", out.average_loss);
-    let _ = writeln!(
-        t,
-        "               the sum divided by the sum of the sample weights: the example-weighted mean"
-    );
-    write_stats(t, &out);
-    write_first_losses(t, &out.per_example);
-
-    // The f64 reference on the same batch.
-    let expected = reference::compute(&spec, &batch)?;
-    let rows = reference::row_losses(&spec, &batch)?;
-    let mut max_delta = 0.0f64;
-    let mut worst_ratio = 0.0f64;
-    let mut mismatched_nan = false;
-    for (n, row) in rows.iter().enumerate() {
-        let got = out.per_example[n] as f64;
-        if got.is_nan() || row.loss.is_nan() {
-            mismatched_nan |= got.is_nan() != row.loss.is_nan();
-            continue;
-        }
-        let delta = (got - row.loss).abs();
-        let max_x = logits[n * DEMO_CLASSES..(n + 1) * DEMO_CLASSES]
-            .iter()
-            .fold(0.0f64, |m, &x| m.max((x as f64).abs()));
-        let tolerance = 1e-5 * (1.0 + row.loss.abs() + row.coefficient_sum * max_x);
-        max_delta = max_delta.max(delta);
-        worst_ratio = worst_ratio.max(delta / tolerance);
-    }
-    let sum_rel = if expected.stats.sum == 0.0 {
-        (out.stats.sum - expected.stats.sum).abs()
-    } else {
-        ((out.stats.sum - expected.stats.sum) / expected.stats.sum).abs()
-    };
-    let _ = writeln!(
-        t,
-        "reference      max per-example |delta| {max_delta:.3e}, sum relative difference {sum_rel:.3e}"
-    );
-    let ok = !mismatched_nan && worst_ratio <= 1.0;
-    if ok {
-        let _ = writeln!(
-            t,
-            "reference check: ok (every |delta| <= 1e-5 * (1 + |L_n| + sum_c|a_c| * max_c|x_n,c|))"
-        );
-    }
-    print_stdout(&text)?;
-    if ok {
-        Ok(())
-    } else {
-        Err(Error::Gpu(format!(
-            "the result differs from the f64 reference: max |delta| {max_delta:.3e} is {worst_ratio:.2} times the tolerance"
-        )))
-    }
-}
+// demo (in fused-loss/demo.rs) and compute
 
 fn write_stats(t: &mut String, out: &LossOutput) {
     let s = &out.stats;

@@ -10,7 +10,7 @@
 //! - [`PerClassLoss`]: loss sums and counts by label;
 //! - [`Diagnostics`]: all of the above in one streaming pass;
 //! - [`Scorer`]: the scores and histogram counts on the GPU
-//!   ([`GpuDiagnostics`](crate::gpu::GpuDiagnostics)) or their CPU twins.
+//!   ([`crate::gpu::GpuDiagnostics`]) or their CPU twins.
 //!
 //! TensorBoard event files are written by [`crate::tensorboard`].
 //!
