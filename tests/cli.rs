@@ -8,7 +8,7 @@ use std::io::{BufWriter, Write};
 use std::path::{Path, PathBuf};
 use std::process::Command;
 
-use common::Rng;
+use common::{npy, write_npy, Rng};
 use fused_loss::cpu::reference;
 use fused_loss::{Batch, CrossEntropy, InputKind, LossOutput, Reduction};
 use npyz::WriterBuilder;
@@ -180,10 +180,6 @@ fn assert_json_equals(r: &Run, expected: &LossOutput, classes: usize) {
 // ---------------------------------------------------------------------------
 // Writing .npy files
 
-fn write_npy<T: npyz::AutoSerialize + Copy>(path: &Path, shape: &[u64], data: &[T]) {
-    write_npy_with(path, shape, data, npyz::Order::C, None);
-}
-
 fn write_npy_with<T: npyz::AutoSerialize + Copy>(
     path: &Path,
     shape: &[u64],
@@ -205,18 +201,6 @@ fn write_npy_with<T: npyz::AutoSerialize + Copy>(
         .unwrap();
     writer.extend(data.iter().copied()).unwrap();
     writer.finish().unwrap();
-}
-
-/// Writes `data` as a C-order `.npy` of `shape` into `dir`; the dtype follows `T`.
-fn npy<T: npyz::AutoSerialize + Copy>(
-    dir: &Path,
-    name: &str,
-    shape: &[u64],
-    data: &[T],
-) -> PathBuf {
-    let path = dir.join(name);
-    write_npy(&path, shape, data);
-    path
 }
 
 /// A hand-made `.npy` (format 1.0) from the Python literals of its header
@@ -900,10 +884,10 @@ fn unsupported_dtypes() {
     f.expect(&f.logits, &floats, &[], "expected an integer dtype");
     // Integers as logits.
     let ints = npy(f.path(), "int.npy", &shape2(), &vec![0; B * C]);
-    f.expect(&ints, &f.labels, &[], "expected float32 or float64");
-    // Half precision.
-    let half = raw_npy(f.path(), "half.npy", "'<f2'", "(1, 2)", &[0u8; 4]);
-    f.expect(&half, &f.labels, &[], "unsupported dtype");
+    f.expect(&ints, &f.labels, &[], "expected float16, float32 or float64");
+    // Complex numbers.
+    let complex = raw_npy(f.path(), "complex.npy", "'<c8'", "(1, 2)", &[0u8; 16]);
+    f.expect(&complex, &f.labels, &[], "unsupported dtype");
     // A structured dtype.
     let record = raw_npy(f.path(), "rec.npy", "[('a', '<f4')]", "(1, 1)", &[0u8; 4]);
     f.expect(&record, &f.labels, &[], "unsupported dtype");

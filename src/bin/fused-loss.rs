@@ -59,8 +59,8 @@ mod audit;
 mod demo;
 
 const COMPUTE_AFTER_HELP: &str = "\
-Inputs are .npy files. Logits, targets and weights: float32 or float64 \
-(float64 is rounded to float32), any byte order. Labels: any integer dtype \
+Inputs are .npy files. Logits, targets and weights: float16, float32 or \
+float64 (converted to float32), any byte order. Labels: any integer dtype \
 (int8 to int64, uint8 to uint64); a label that does not fit a 32-bit signed \
 integer is reported as out of range. 2-D arrays must be in C order (a 1-D \
 array is the same in either order). Shapes: logits and targets [B, C], \
@@ -84,7 +84,7 @@ struct DemoArgs {
 
 #[derive(Args, Debug)]
 struct ComputeArgs {
-    /// Logits (or probabilities with --probabilities), [B, C], float32 or float64; required
+    /// Logits (or probabilities with --probabilities), [B, C], float16, float32 or float64; required
     #[arg(long, value_name = "X.npy")]
     logits: PathBuf,
 
@@ -139,6 +139,21 @@ struct ComputeArgs {
     /// Make a NaN or infinite per-example loss an error naming its first row
     #[arg(long)]
     check_finite: bool,
+
+    /// Write the gradient of the reduced loss with respect to the logits here
+    /// as a float32 [B, C] .npy; with `--reduction none` it is the gradient of
+    /// the sum, i.e. each row's per-example gradient (logits only)
+    #[arg(long, value_name = "G.npy")]
+    grad_out: Option<PathBuf>,
+
+    /// z-loss coefficient: adds s_n * Z * lse_n^2 to every row that is not
+    /// ignored (logits only)
+    #[arg(long, value_name = "Z", default_value_t = 0.0, allow_negative_numbers = true)]
+    z_loss: f32,
+
+    /// Soft-cap the logits, x <- S * tanh(x / S), before the softmax (logits only)
+    #[arg(long, value_name = "S", allow_negative_numbers = true)]
+    softcap: Option<f32>,
 
     /// Print one JSON object on stdout (non-finite numbers as null)
     #[arg(long)]
@@ -361,7 +376,12 @@ fn compute(args: &ComputeArgs) -> Result<()> {
     let mut spec = CrossEntropy::new()
         .with_reduction(args.reduction.0)
         .with_label_smoothing(args.label_smoothing)
-        .with_check_finite(args.check_finite);
+        .with_check_finite(args.check_finite)
+        .with_z_loss(args.z_loss)
+        .with_gradient(args.grad_out.is_some());
+    if let Some(cap) = args.softcap {
+        spec = spec.with_softcap(cap);
+    }
     if args.probabilities {
         spec = spec.with_input(InputKind::Probabilities);
     }
@@ -396,9 +416,22 @@ fn compute(args: &ComputeArgs) -> Result<()> {
     note_fallback(&engine);
     let out = engine.compute_blocking(&spec, &batch)?;
 
+    let mut outputs = Vec::new();
     if let Some(path) = &args.per_example_out {
-        write_per_example(path, &out.per_example)?;
+        outputs.push((
+            path.as_path(),
+            vec![batch_size as u64],
+            &out.per_example[..],
+        ));
     }
+    if let (Some(path), Some(gradient)) = (&args.grad_out, &out.gradient) {
+        outputs.push((
+            path.as_path(),
+            vec![batch_size as u64, classes as u64],
+            &gradient[..],
+        ));
+    }
+    write_f32_outputs(&outputs)?;
 
     let text = if args.json {
         let value = serde_json::json!({
@@ -641,11 +674,14 @@ fn read_floats(path: &Path) -> Result<Array<f32>> {
         DType::Plain(ts) if ts.type_char() == TypeChar::Float && ts.size_field() == 8 => {
             read_as::<f64, _, _>(path, npy, len, |_, x| Ok(x as f32))?
         }
+        DType::Plain(ts) if ts.type_char() == TypeChar::Float && ts.size_field() == 2 => {
+            read_as::<half::f16, _, _>(path, npy, len, |_, x| Ok(x.to_f32()))?
+        }
         _ => {
             return Err(npy_error(
                 path,
                 format!(
-                    "unsupported dtype {}; expected float32 or float64",
+                    "unsupported dtype {}; expected float16, float32 or float64",
                     dtype_text(&dtype)
                 ),
             ))
@@ -691,31 +727,58 @@ fn read_ints(path: &Path) -> Result<Array<i64>> {
     Ok(Array { shape, data })
 }
 
-/// Writes `[B]` float32 to a temporary file beside `path`, then renames it
-/// into place, so that a failure leaves no output file.
-fn write_per_example(path: &Path, losses: &[f32]) -> Result<()> {
+/// Writes float32 `.npy` files: each goes to a temporary file beside its
+/// path first, and only when every one is written are they renamed into
+/// place, so that a failure leaves no output file.
+fn write_f32_outputs(outputs: &[(&Path, Vec<u64>, &[f32])]) -> Result<()> {
+    let mut temps: Vec<(PathBuf, &Path)> = Vec::new();
+    let cleanup = |temps: &[(PathBuf, &Path)]| {
+        for (temp, _) in temps {
+            let _ = std::fs::remove_file(temp);
+        }
+    };
+    for (path, shape, data) in outputs {
+        match write_temp_npy(path, shape, data) {
+            Ok(temp) => temps.push((temp, path)),
+            Err(e) => {
+                cleanup(&temps);
+                return Err(e);
+            }
+        }
+    }
+    for (i, (temp, path)) in temps.iter().enumerate() {
+        if let Err(source) = std::fs::rename(temp, path) {
+            cleanup(&temps[i..]);
+            return Err(Error::Io {
+                path: path.to_path_buf(),
+                source,
+            });
+        }
+    }
+    Ok(())
+}
+
+/// Writes one float32 array to a new temporary file beside `path`.
+fn write_temp_npy(path: &Path, shape: &[u64], data: &[f32]) -> Result<PathBuf> {
     let io_error = |source| Error::Io {
         path: path.to_path_buf(),
         source,
     };
-    let mut bytes = Vec::with_capacity(128 + 4 * losses.len());
+    let mut bytes = Vec::with_capacity(128 + 4 * data.len());
     {
         let mut writer = npyz::WriteOptions::<f32>::new()
             .default_dtype()
-            .shape(&[losses.len() as u64])
+            .shape(shape)
             .writer(&mut bytes)
             .begin_nd()
             .map_err(io_error)?;
-        writer.extend(losses.iter().copied()).map_err(io_error)?;
+        writer.extend(data.iter().copied()).map_err(io_error)?;
         writer.finish().map_err(io_error)?;
     }
 
-    let name = path.file_name().ok_or_else(|| {
-        Error::InvalidArgument(format!(
-            "--per-example-out {}: not a file name",
-            path.display()
-        ))
-    })?;
+    let name = path
+        .file_name()
+        .ok_or_else(|| Error::InvalidArgument(format!("{}: not a file name", path.display())))?;
     let dir = match path.parent() {
         Some(p) if !p.as_os_str().is_empty() => p,
         _ => Path::new("."),
@@ -732,11 +795,10 @@ fn write_per_example(path: &Path, losses: &[f32]) -> Result<()> {
         .and_then(|mut file| {
             file.write_all(&bytes)?;
             file.sync_all()
-        })
-        .and_then(|()| std::fs::rename(&temp, path));
+        });
     if let Err(source) = written {
         let _ = std::fs::remove_file(&temp);
         return Err(io_error(source));
     }
-    Ok(())
+    Ok(temp)
 }

@@ -156,3 +156,29 @@ pub fn assert_rel(got: f64, want: f64, rel: f64, what: &str) {
         "{what}: got {got:e}, want {want:e}, relative error {err:e} > {rel:e}"
     );
 }
+
+/// Writes `data` as a C-order `.npy` of `shape`; the dtype follows `T`.
+pub fn write_npy<T: npyz::AutoSerialize + Copy>(path: &std::path::Path, shape: &[u64], data: &[T]) {
+    use npyz::WriterBuilder as _;
+    let file = std::io::BufWriter::new(std::fs::File::create(path).unwrap());
+    let mut writer = npyz::WriteOptions::<T>::new()
+        .dtype(T::default_dtype())
+        .shape(shape)
+        .writer(file)
+        .begin_nd()
+        .unwrap();
+    writer.extend(data.iter().copied()).unwrap();
+    writer.finish().unwrap();
+}
+
+/// [`write_npy`] into `dir/name`, returning the path.
+pub fn npy<T: npyz::AutoSerialize + Copy>(
+    dir: &std::path::Path,
+    name: &str,
+    shape: &[u64],
+    data: &[T],
+) -> std::path::PathBuf {
+    let path = dir.join(name);
+    write_npy(&path, shape, data);
+    path
+}
