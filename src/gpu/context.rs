@@ -334,13 +334,18 @@ impl GpuContext {
         let validation = self.device.push_error_scope(wgpu::ErrorFilter::Validation);
         let call = Call {
             spec,
-            batch,
+            shape: Shape {
+                batch: batch.batch,
+                classes: batch.classes,
+                dense: matches!(batch.targets, Targets::Dense(_)),
+                sample_weights: batch.sample_weights.is_some(),
+            },
             variant,
             chunks: &chunks,
             reduce_passes: &reduce_passes,
             final_partial,
         };
-        let readback = self.encode(&mut buffers, &call);
+        let readback = self.encode(&mut buffers, &call, batch);
         let validation = validation.pop();
         let oom = oom.pop();
 
@@ -421,50 +426,37 @@ impl GpuContext {
         pollster::block_on(self.compute(spec, batch))
     }
 
-    /// Uploads, records and submits one call.
-    fn encode(&self, buffers: &mut Buffers, call: &Call<'_>) -> Readback {
-        let Call {
-            spec,
-            batch,
-            variant,
-            chunks,
-            reduce_passes,
-            final_partial,
-        } = *call;
-        let device = &self.device;
-        let queue = &self.queue;
-        let classes = batch.classes;
-        let row_bytes = classes as u64 * 4;
-        let gradient = spec.gradient;
-        let in_place = gradient && self.gradient_in_place;
-        let row_stats_needed = gradient || spec.row_lse;
-
-        let dense = matches!(batch.targets, Targets::Dense(_));
+    /// The uniforms of one call: one slot per chunk, then one per reduction
+    /// pass.
+    fn write_uniforms(&self, buffers: &mut Buffers, call: &Call<'_>) -> wgpu::Buffer {
+        let Call { spec, shape, .. } = *call;
+        let classes = shape.classes;
         let flag_if = |on: bool, flag: u32| if on { flag } else { 0 };
-        let flags = flag_if(dense, ce::FLAG_DENSE)
+        let flags = flag_if(shape.dense, ce::FLAG_DENSE)
             | flag_if(
                 spec.input == InputKind::Probabilities,
                 ce::FLAG_PROBABILITIES,
             )
             | flag_if(spec.class_weights.is_some(), ce::FLAG_CLASS_WEIGHTS)
-            | flag_if(batch.sample_weights.is_some(), ce::FLAG_SAMPLE_WEIGHTS)
-            | flag_if(spec.ignore_index.is_some() && !dense, ce::FLAG_IGNORE_INDEX)
+            | flag_if(shape.sample_weights, ce::FLAG_SAMPLE_WEIGHTS)
+            | flag_if(
+                spec.ignore_index.is_some() && !shape.dense,
+                ce::FLAG_IGNORE_INDEX,
+            )
             | flag_if(spec.label_smoothing > 0.0, ce::FLAG_SMOOTHING)
             | flag_if(spec.softcap.is_some(), ce::FLAG_SOFTCAP)
             | flag_if(spec.z_loss > 0.0, ce::FLAG_Z_LOSS)
-            | flag_if(row_stats_needed, ce::FLAG_ROW_STATS);
+            | flag_if(call.row_stats(), ce::FLAG_ROW_STATS);
         let class_weight_sum = spec
             .class_weights
             .as_ref()
             .map_or(classes as f64, |w| w.iter().map(|&x| x as f64).sum());
-
-        // Uniforms: one slot per chunk, then one per reduction pass.
-        let stride = self.uniform_stride;
-        let slots = chunks.len() + reduce_passes.len();
-        let mut uniform_bytes = vec![0u8; slots * stride as usize];
-        for (i, chunk) in chunks.iter().enumerate() {
+        let stride = self.uniform_stride as usize;
+        let slots = call.chunks.len() + call.reduce_passes.len();
+        let mut bytes = vec![0u8; slots * stride];
+        for (i, chunk) in call.chunks.iter().enumerate() {
             let params = ce::Params {
-                batch: batch.batch as u32,
+                batch: shape.batch as u32,
                 classes: classes as u32,
                 chunk_rows: chunk.rows as u32,
                 row_base: chunk.first_row as u32,
@@ -477,150 +469,133 @@ impl GpuContext {
                 zero: 0,
                 z_loss: spec.z_loss,
                 softcap: spec.softcap.unwrap_or(1.0),
-                final_partial,
+                final_partial: call.final_partial,
                 reduction: ce::reduction_code(spec.reduction),
                 _pad: 0,
             };
-            let at = i * stride as usize;
-            uniform_bytes[at..at + std::mem::size_of::<ce::Params>()]
+            let at = i * stride;
+            bytes[at..at + std::mem::size_of::<ce::Params>()]
                 .copy_from_slice(bytemuck::bytes_of(&params));
         }
-        for (i, params) in reduce_passes.iter().enumerate() {
-            let at = (chunks.len() + i) * stride as usize;
-            uniform_bytes[at..at + std::mem::size_of::<reduce_partials::Params>()]
+        for (i, params) in call.reduce_passes.iter().enumerate() {
+            let at = (call.chunks.len() + i) * stride;
+            bytes[at..at + std::mem::size_of::<reduce_partials::Params>()]
                 .copy_from_slice(bytemuck::bytes_of(params));
         }
         let uniforms = ensure(
             &mut buffers.uniforms,
-            device,
+            &self.device,
             "uniforms",
-            uniform_bytes.len() as u64,
+            bytes.len() as u64,
             wgpu::BufferUsages::UNIFORM | wgpu::BufferUsages::COPY_DST,
         );
-        queue.write_buffer(&uniforms, 0, &uniform_bytes);
+        self.queue.write_buffer(&uniforms, 0, &bytes);
+        uniforms
+    }
 
-        // Per-row buffers, bound whole.
+    /// The internal per-call buffers: row stats (when needed) and partials.
+    fn internal_buffers(&self, buffers: &mut Buffers, call: &Call<'_>) -> (Option<Range>, Range) {
+        let read_back = wgpu::BufferUsages::STORAGE | wgpu::BufferUsages::COPY_SRC;
+        let row_stats_bytes = call.shape.batch as u64 * 8;
+        let row_stats = call.row_stats().then(|| {
+            Range::whole(
+                ensure(
+                    &mut buffers.row_stats,
+                    &self.device,
+                    "row_stats",
+                    row_stats_bytes,
+                    read_back,
+                ),
+                row_stats_bytes,
+            )
+        });
+        let partial_bytes = (call.final_partial as u64 + 1) * std::mem::size_of::<Partial>() as u64;
+        let partials = Range::whole(
+            ensure(
+                &mut buffers.partials,
+                &self.device,
+                "partials",
+                partial_bytes,
+                read_back,
+            ),
+            partial_bytes,
+        );
+        (row_stats, partials)
+    }
+
+    /// Uploads host slices and records and submits one call.
+    fn encode(&self, buffers: &mut Buffers, call: &Call<'_>, batch: &Batch<'_>) -> Readback {
+        let device = &self.device;
+        let queue = &self.queue;
+        let classes = batch.classes;
+        let row_bytes = classes as u64 * 4;
         let batch_bytes = batch.batch as u64 * 4;
+        let gradient = call.spec.gradient;
+        let in_place = gradient && self.gradient_in_place;
+        let read_back = wgpu::BufferUsages::STORAGE | wgpu::BufferUsages::COPY_SRC;
+        let uniforms = self.write_uniforms(buffers, call);
+
+        let upload = |slot: &mut Option<wgpu::Buffer>, label, data: &[u8], usage| {
+            let buffer = ensure(slot, device, label, data.len() as u64, usage);
+            queue.write_buffer(&buffer, 0, data);
+            Range::whole(buffer, data.len() as u64)
+        };
         let labels = match batch.targets {
-            Targets::Labels(labels) => {
-                let buffer = ensure(
-                    &mut buffers.labels,
-                    device,
-                    "labels",
-                    batch_bytes,
-                    STORAGE_IN,
-                );
-                queue.write_buffer(&buffer, 0, bytemuck::cast_slice(labels));
-                Some(buffer)
-            }
+            Targets::Labels(labels) => Some(upload(
+                &mut buffers.labels,
+                "labels",
+                bytemuck::cast_slice(labels),
+                STORAGE_IN,
+            )),
             Targets::Dense(_) => None,
         };
         let sample_weights = batch.sample_weights.map(|w| {
-            let buffer = ensure(
+            upload(
                 &mut buffers.sample_weights,
-                device,
                 "sample_weights",
-                batch_bytes,
+                bytemuck::cast_slice(w),
                 STORAGE_IN,
-            );
-            queue.write_buffer(&buffer, 0, bytemuck::cast_slice(w));
-            buffer
-        });
-        let class_weights = spec.class_weights.as_ref().map(|w| {
-            let buffer = ensure(
-                &mut buffers.class_weights,
-                device,
-                "class_weights",
-                row_bytes,
-                STORAGE_IN,
-            );
-            queue.write_buffer(&buffer, 0, bytemuck::cast_slice(w));
-            buffer
-        });
-        let read_back = wgpu::BufferUsages::STORAGE | wgpu::BufferUsages::COPY_SRC;
-        let per_example = ensure(
-            &mut buffers.per_example,
-            device,
-            "per_example",
-            batch_bytes,
-            read_back,
-        );
-        let row_stats = row_stats_needed.then(|| {
-            ensure(
-                &mut buffers.row_stats,
-                device,
-                "row_stats",
-                batch_bytes * 2,
-                read_back,
             )
         });
-        let partial_size = std::mem::size_of::<Partial>() as u64;
-        let partial_count = final_partial as u64 + 1;
-        let partials = ensure(
-            &mut buffers.partials,
-            device,
-            "partials",
-            partial_count * partial_size,
-            read_back,
-        );
-
-        // Staging: per-example losses, the final partial, then the gradient
-        // and the row stats when asked for.
-        let partial_offset = batch_bytes.next_multiple_of(16);
-        let mut staging_size = partial_offset + partial_size;
-        let gradient_offset = gradient.then(|| {
-            let at = staging_size;
-            staging_size += batch_bytes * classes as u64;
-            at
+        let class_weights = call.spec.class_weights.as_ref().map(|w| {
+            upload(
+                &mut buffers.class_weights,
+                "class_weights",
+                bytemuck::cast_slice(w),
+                STORAGE_IN,
+            )
         });
-        let row_stats_offset = row_stats_needed.then(|| {
-            let at = staging_size.next_multiple_of(16);
-            staging_size = at + batch_bytes * 2;
-            at
-        });
-        let staging = ensure(
-            &mut buffers.staging,
-            device,
-            "staging",
-            staging_size,
-            wgpu::BufferUsages::MAP_READ | wgpu::BufferUsages::COPY_DST,
+        let per_example = Range::whole(
+            ensure(
+                &mut buffers.per_example,
+                device,
+                "per_example",
+                batch_bytes,
+                read_back,
+            ),
+            batch_bytes,
         );
+        let (row_stats, partials) = self.internal_buffers(buffers, call);
 
         // Chunked inputs and gradient: one buffer per chunk.
-        let grow = |v: &mut Vec<Option<wgpu::Buffer>>| v.resize(v.len().max(chunks.len()), None);
+        let grow =
+            |v: &mut Vec<Option<wgpu::Buffer>>| v.resize(v.len().max(call.chunks.len()), None);
         grow(&mut buffers.logits);
         grow(&mut buffers.targets);
         grow(&mut buffers.gradient);
-        let whole = |b: &Option<wgpu::Buffer>, size: u64| match b {
-            Some(b) => (b.clone(), size),
-            None => (self.placeholder.clone(), 16),
-        };
-        let (labels, labels_size) = whole(&labels, batch_bytes);
-        let (class_w, class_w_size) = whole(&class_weights, row_bytes);
-        let (sample_w, sample_w_size) = whole(&sample_weights, batch_bytes);
-        let (row_stats, row_stats_size) = match &row_stats {
-            Some(b) => (b.clone(), batch_bytes * 2),
-            None => (self.placeholder_writable.clone(), 16),
-        };
         let logits_usage = if in_place {
             read_back | wgpu::BufferUsages::COPY_DST
         } else {
             STORAGE_IN
         };
-        let mut forward_groups = Vec::with_capacity(chunks.len());
-        let mut gradient_groups = Vec::new();
-        let mut gradient_chunks = Vec::new();
-        for (i, chunk) in chunks.iter().enumerate() {
+        let mut chunks = Vec::with_capacity(call.chunks.len());
+        for (i, chunk) in call.chunks.iter().enumerate() {
             let range = chunk.first_row * classes..(chunk.first_row + chunk.rows) * classes;
             let chunk_bytes = chunk.rows as u64 * row_bytes;
-            let logits = ensure(
-                &mut buffers.logits[i],
-                device,
-                "logits",
-                chunk_bytes,
-                logits_usage,
-            );
-            if !logits.usage().contains(logits_usage) {
+            if buffers.logits[i]
+                .as_ref()
+                .is_some_and(|b| !b.usage().contains(logits_usage))
+            {
                 buffers.logits[i] = None;
             }
             let logits = ensure(
@@ -645,54 +620,142 @@ impl GpuContext {
                         STORAGE_IN,
                     );
                     queue.write_buffer(&buffer, 0, bytemuck::cast_slice(&t[range]));
-                    Some(buffer)
+                    Some(Range::whole(buffer, chunk_bytes))
                 }
                 Targets::Labels(_) => None,
             };
-            let (targets, targets_size) = whole(&targets, chunk_bytes);
-            let uniform = entry(
-                0,
-                binding(&uniforms, 0, std::mem::size_of::<ce::Params>() as u64),
-            );
-            let shared = [
-                entry(1, binding(&logits, 0, chunk_bytes)),
-                entry(2, binding(&targets, 0, targets_size)),
-                entry(3, binding(&labels, 0, labels_size)),
-                entry(4, binding(&class_w, 0, class_w_size)),
-                entry(5, binding(&sample_w, 0, sample_w_size)),
-            ];
-            let mut forward_entries = vec![uniform.clone()];
-            forward_entries.extend(shared.iter().cloned());
-            forward_entries.extend([
-                entry(6, binding(&per_example, 0, batch_bytes)),
-                entry(7, binding(&partials, 0, partial_count * partial_size)),
-                entry(8, binding(&row_stats, 0, row_stats_size)),
-            ]);
-            forward_groups.push(device.create_bind_group(&wgpu::BindGroupDescriptor {
-                label: Some("cross_entropy"),
-                layout: &self.cross_entropy_layout,
-                entries: &forward_entries,
-            }));
-            if gradient {
-                let mut entries = vec![uniform];
-                entries.extend(shared.iter().cloned());
-                entries.extend([
-                    entry(6, binding(&row_stats, 0, row_stats_size)),
-                    entry(7, binding(&partials, 0, partial_count * partial_size)),
-                ]);
-                let target = if in_place {
-                    logits.clone()
-                } else {
+            let gradient = (gradient && !in_place).then(|| {
+                Range::whole(
                     ensure(
                         &mut buffers.gradient[i],
                         device,
                         "gradient",
                         chunk_bytes,
                         read_back,
-                    )
-                };
-                if !in_place {
-                    entries.push(entry(8, binding(&target, 0, chunk_bytes)));
+                    ),
+                    chunk_bytes,
+                )
+            });
+            chunks.push(ChunkBindings {
+                logits: Range::whole(logits, chunk_bytes),
+                targets,
+                gradient,
+            });
+        }
+        let bindings = Bindings {
+            uniforms,
+            labels,
+            class_weights,
+            sample_weights,
+            per_example,
+            row_stats,
+            partials,
+            chunks,
+        };
+
+        // Staging: per-example losses, the final partial, then the gradient
+        // and the row stats when asked for.
+        let partial_size = std::mem::size_of::<Partial>() as u64;
+        let partial_offset = batch_bytes.next_multiple_of(16);
+        let mut staging_size = partial_offset + partial_size;
+        let gradient_offset = gradient.then(|| {
+            let at = staging_size;
+            staging_size += batch_bytes * classes as u64;
+            at
+        });
+        let row_stats_offset = bindings.row_stats.as_ref().map(|_| {
+            let at = staging_size.next_multiple_of(16);
+            staging_size = at + batch_bytes * 2;
+            at
+        });
+        let staging = ensure(
+            &mut buffers.staging,
+            device,
+            "staging",
+            staging_size,
+            wgpu::BufferUsages::MAP_READ | wgpu::BufferUsages::COPY_DST,
+        );
+
+        let mut encoder = self.record(call, &bindings, in_place);
+        encoder.copy_buffer_to_buffer(&bindings.per_example.buffer, 0, &staging, 0, batch_bytes);
+        encoder.copy_buffer_to_buffer(
+            &bindings.partials.buffer,
+            call.final_partial as u64 * partial_size,
+            &staging,
+            partial_offset,
+            partial_size,
+        );
+        if let Some(offset) = gradient_offset {
+            for (chunk, bound) in call.chunks.iter().zip(&bindings.chunks) {
+                let source = bound.gradient.as_ref().unwrap_or(&bound.logits);
+                let at = offset + (chunk.first_row * classes) as u64 * 4;
+                encoder.copy_buffer_to_buffer(
+                    &source.buffer,
+                    source.offset,
+                    &staging,
+                    at,
+                    source.size,
+                );
+            }
+        }
+        if let (Some(offset), Some(stats)) = (row_stats_offset, &bindings.row_stats) {
+            encoder.copy_buffer_to_buffer(&stats.buffer, 0, &staging, offset, stats.size);
+        }
+        queue.submit([encoder.finish()]);
+        Readback {
+            staging,
+            size: staging_size,
+            partial_offset,
+            gradient_offset,
+            row_stats_offset,
+        }
+    }
+
+    /// Records the forward kernel, the reduction and the gradient of one call.
+    fn record(&self, call: &Call<'_>, b: &Bindings, in_place: bool) -> wgpu::CommandEncoder {
+        let device = &self.device;
+        let stride = self.uniform_stride;
+        let whole_or = |r: &Option<Range>, placeholder: &wgpu::Buffer| match r {
+            Some(r) => r.clone(),
+            None => Range::whole(placeholder.clone(), 16),
+        };
+        let labels = whole_or(&b.labels, &self.placeholder);
+        let class_weights = whole_or(&b.class_weights, &self.placeholder);
+        let sample_weights = whole_or(&b.sample_weights, &self.placeholder);
+        let row_stats = whole_or(&b.row_stats, &self.placeholder_writable);
+        let uniform = entry(
+            0,
+            binding(&b.uniforms, 0, std::mem::size_of::<ce::Params>() as u64),
+        );
+        let mut forward_groups = Vec::with_capacity(b.chunks.len());
+        let mut gradient_groups = Vec::new();
+        for chunk in &b.chunks {
+            let targets = whole_or(&chunk.targets, &self.placeholder);
+            let shared = [
+                chunk.logits.entry(1),
+                targets.entry(2),
+                labels.entry(3),
+                class_weights.entry(4),
+                sample_weights.entry(5),
+            ];
+            let mut entries = vec![uniform.clone()];
+            entries.extend(shared.iter().cloned());
+            entries.extend([
+                b.per_example.entry(6),
+                b.partials.entry(7),
+                row_stats.entry(8),
+            ]);
+            forward_groups.push(device.create_bind_group(&wgpu::BindGroupDescriptor {
+                label: Some("cross_entropy"),
+                layout: &self.cross_entropy_layout,
+                entries: &entries,
+            }));
+            if call.spec.gradient {
+                let mut entries = vec![uniform.clone()];
+                entries.extend(shared.iter().cloned());
+                entries.extend([row_stats.entry(6), b.partials.entry(7)]);
+                if let Some(gradient) = &chunk.gradient {
+                    entries.push(gradient.entry(8));
                 }
                 gradient_groups.push(device.create_bind_group(&wgpu::BindGroupDescriptor {
                     label: Some("cross_entropy_grad"),
@@ -703,7 +766,6 @@ impl GpuContext {
                     },
                     entries: &entries,
                 }));
-                gradient_chunks.push((target, chunk_bytes));
             }
         }
         let reduce_group = device.create_bind_group(&wgpu::BindGroupDescriptor {
@@ -713,12 +775,12 @@ impl GpuContext {
                 entry(
                     0,
                     binding(
-                        &uniforms,
+                        &b.uniforms,
                         0,
                         std::mem::size_of::<reduce_partials::Params>() as u64,
                     ),
                 ),
-                entry(1, binding(&partials, 0, partial_count * partial_size)),
+                b.partials.entry(1),
             ],
         });
 
@@ -730,74 +792,108 @@ impl GpuContext {
                 label: Some("fused-loss"),
                 timestamp_writes: None,
             });
-            pass.set_pipeline(match variant {
+            pass.set_pipeline(match call.variant {
                 KernelVariant::Wide => &self.wide_pipeline,
                 KernelVariant::Narrow => &self.narrow_pipeline,
             });
-            for (i, (chunk, group)) in chunks.iter().zip(&forward_groups).enumerate() {
+            for (i, (chunk, group)) in call.chunks.iter().zip(&forward_groups).enumerate() {
                 pass.set_bind_group(0, group, &[(i as u64 * stride) as u32]);
                 let (x, y) = ce::dispatch_size(chunk.groups);
                 pass.dispatch_workgroups(x, y, 1);
             }
             pass.set_pipeline(&self.reduce_pipeline);
-            for (i, params) in reduce_passes.iter().enumerate() {
-                let slot = (chunks.len() + i) as u64 * stride;
+            for (i, params) in call.reduce_passes.iter().enumerate() {
+                let slot = (call.chunks.len() + i) as u64 * stride;
                 pass.set_bind_group(0, &reduce_group, &[slot as u32]);
                 let groups = params.count.div_ceil(reduce_partials::WORKGROUP_SIZE);
                 let (x, y) = ce::dispatch_size(groups);
                 pass.dispatch_workgroups(x, y, 1);
             }
-            if gradient {
+            if call.spec.gradient {
                 pass.set_pipeline(if in_place {
                     &self.gradient_in_place_pipeline
                 } else {
                     &self.gradient_pipeline
                 });
-                for (i, (chunk, group)) in chunks.iter().zip(&gradient_groups).enumerate() {
+                for (i, (chunk, group)) in call.chunks.iter().zip(&gradient_groups).enumerate() {
                     pass.set_bind_group(0, group, &[(i as u64 * stride) as u32]);
-                    let elements = (chunk.rows * classes) as u32;
+                    let elements = (chunk.rows * call.shape.classes) as u32;
                     let (x, y) = ce::dispatch_size(elements.div_ceil(ce::GRAD_WORKGROUP_SIZE));
                     pass.dispatch_workgroups(x, y, 1);
                 }
             }
         }
-        encoder.copy_buffer_to_buffer(&per_example, 0, &staging, 0, batch_bytes);
-        encoder.copy_buffer_to_buffer(
-            &partials,
-            final_partial as u64 * partial_size,
-            &staging,
-            partial_offset,
-            partial_size,
-        );
-        if let Some(offset) = gradient_offset {
-            for (chunk, (buffer, bytes)) in chunks.iter().zip(&gradient_chunks) {
-                let at = offset + (chunk.first_row * classes) as u64 * 4;
-                encoder.copy_buffer_to_buffer(buffer, 0, &staging, at, *bytes);
-            }
-        }
-        if let Some(offset) = row_stats_offset {
-            encoder.copy_buffer_to_buffer(&row_stats, 0, &staging, offset, batch_bytes * 2);
-        }
-        queue.submit([encoder.finish()]);
-        Readback {
-            staging,
-            size: staging_size,
-            partial_offset,
-            gradient_offset,
-            row_stats_offset,
-        }
+        encoder
     }
 }
 
-/// One call's inputs and plan.
+/// The shape of one call's input, whatever holds it.
+#[derive(Clone, Copy, Debug)]
+struct Shape {
+    batch: usize,
+    classes: usize,
+    dense: bool,
+    sample_weights: bool,
+}
+
+/// One call's options, shape and plan.
 #[derive(Clone, Copy)]
 struct Call<'a> {
     spec: &'a CrossEntropy,
-    batch: &'a Batch<'a>,
+    shape: Shape,
     variant: KernelVariant,
     chunks: &'a [Chunk],
     reduce_passes: &'a [reduce_partials::Params],
     final_partial: u32,
+}
+
+impl Call<'_> {
+    /// Whether the forward pass writes each row's (lse, Σ a_c).
+    fn row_stats(&self) -> bool {
+        self.spec.gradient || self.spec.row_lse
+    }
+}
+
+/// A buffer range bound as one storage binding.
+#[derive(Clone, Debug)]
+struct Range {
+    buffer: wgpu::Buffer,
+    offset: u64,
+    size: u64,
+}
+
+impl Range {
+    fn whole(buffer: wgpu::Buffer, size: u64) -> Range {
+        Range {
+            buffer,
+            offset: 0,
+            size,
+        }
+    }
+
+    fn entry(&self, binding_index: u32) -> wgpu::BindGroupEntry<'_> {
+        entry(binding_index, binding(&self.buffer, self.offset, self.size))
+    }
+}
+
+/// What one chunk of rows binds.
+struct ChunkBindings {
+    logits: Range,
+    targets: Option<Range>,
+    /// `None` when the gradient is not asked for or is written in place.
+    gradient: Option<Range>,
+}
+
+/// Every buffer one call binds.
+struct Bindings {
+    uniforms: wgpu::Buffer,
+    labels: Option<Range>,
+    class_weights: Option<Range>,
+    sample_weights: Option<Range>,
+    per_example: Range,
+    row_stats: Option<Range>,
+    partials: Range,
+    chunks: Vec<ChunkBindings>,
 }
 
 fn entry(binding: u32, resource: wgpu::BindingResource<'_>) -> wgpu::BindGroupEntry<'_> {
