@@ -61,6 +61,14 @@ pub enum Error {
         /// The option, e.g. `"softcap"`.
         option: &'static str,
     },
+    /// A caller's device buffer cannot be used as given.
+    #[error("invalid {what} buffer: {reason}")]
+    InvalidBuffer {
+        /// Which input or output, e.g. `"logits"`.
+        what: &'static str,
+        /// What is wrong with it.
+        reason: String,
+    },
     /// `ignore_index` was set together with dense targets.
     #[error("ignore_index cannot be used with dense targets")]
     IgnoreIndexWithDenseTargets,

@@ -65,7 +65,10 @@ pub mod tensorboard;
 
 pub use engine::{gpu_required, Engine, REQUIRE_GPU_ENV};
 pub use error::{Error, Result};
-pub use gpu::{GpuContext, GpuOptions, KernelVariant};
+pub use gpu::{
+    DeviceBatch, DeviceOutputs, DeviceSlice, DeviceTargets, GpuContext, GpuOptions, GradientOutput,
+    KernelVariant, PendingLoss, ReducedLoss,
+};
 pub use output::{Backend, LossOutput, LossStats};
 pub use spec::{Batch, CrossEntropy, InputKind, Reduction, Targets, PROBABILITY_EPSILON};
 

@@ -287,6 +287,31 @@ impl GpuContext {
         self.kernel
     }
 
+    /// Bytes of device memory the context holds in its buffer pool (uploads,
+    /// outputs, partials, row stats, uniforms and staging), not counting
+    /// the caller's own buffers.
+    pub fn pool_bytes(&self) -> u64 {
+        let buffers = pollster::block_on(self.buffers.lock());
+        let one = |b: &Option<wgpu::Buffer>| b.as_ref().map_or(0, |b| b.size());
+        let many = |v: &[Option<wgpu::Buffer>]| v.iter().map(one).sum::<u64>();
+        many(&buffers.logits)
+            + many(&buffers.targets)
+            + many(&buffers.gradient)
+            + [
+                &buffers.labels,
+                &buffers.class_weights,
+                &buffers.sample_weights,
+                &buffers.per_example,
+                &buffers.partials,
+                &buffers.row_stats,
+                &buffers.uniforms,
+                &buffers.staging,
+            ]
+            .into_iter()
+            .map(one)
+            .sum::<u64>()
+    }
+
     /// The most logits bytes bound at once; larger inputs are chunked.
     pub fn max_binding_bytes(&self) -> u64 {
         self.max_binding_bytes
@@ -315,6 +340,7 @@ impl GpuContext {
             if probabilities { 2 } else { 1 },
             self.max_binding_bytes,
             self.rows_per_group,
+            1,
         )?;
         let total_groups: u32 = chunks.iter().map(|c| c.groups).sum();
         let (reduce_passes, final_partial) = reduce_partials::plan(total_groups);
@@ -424,6 +450,195 @@ impl GpuContext {
     /// Blocking [`GpuContext::compute`].
     pub fn compute_blocking(&self, spec: &CrossEntropy, batch: &Batch<'_>) -> Result<LossOutput> {
         pollster::block_on(self.compute(spec, batch))
+    }
+
+    /// Runs one call on buffers that already live on this context's device:
+    /// the forward kernel, the reduction and, when `outputs.gradient` asks
+    /// for it, the gradient, in one submission. Nothing is mapped or copied
+    /// to the host; the reduced values stay on the device until
+    /// [`PendingLoss::read`].
+    ///
+    /// Buffer requirements: every slice needs `BufferUsages::STORAGE`, an
+    /// offset that is a multiple of the device's
+    /// `min_storage_buffer_offset_alignment` (256 on most adapters), and
+    /// room for its data: logits and dense targets `f32 [B, C]`, labels
+    /// `i32 [B]`, sample weights and per-example losses `f32 [B]`, the
+    /// gradient `f32 [B, C]`. No `MAP_READ` or `COPY_SRC` is needed on any
+    /// input. Class weights come from `spec` (host data, validated there).
+    /// Labels are checked on the device and reported by
+    /// [`PendingLoss::read`]; sample weights on the device are not checked
+    /// for sign or NaN. `spec.gradient` and `spec.row_lse` are ignored: the
+    /// gradient is written when `outputs.gradient` is set.
+    pub async fn submit_resident(
+        &self,
+        spec: &CrossEntropy,
+        batch: &DeviceBatch<'_>,
+        outputs: &DeviceOutputs<'_>,
+    ) -> Result<PendingLoss> {
+        let mut spec = spec.clone();
+        spec.gradient = outputs.gradient.is_some();
+        spec.row_lse = false;
+        spec.validate()?;
+        let (b, c) = (batch.batch, batch.classes);
+        if c == 0 {
+            return Err(Error::NoClasses);
+        }
+        if let Some(weights) = &spec.class_weights {
+            // The host-side checks of class weights, on a one-row stand-in.
+            let logits = vec![0.0; c];
+            Batch::with_labels(&logits, c, &[0]).validate(&spec)?;
+            debug_assert_eq!(weights.len(), c);
+        }
+        let dense = matches!(batch.targets, DeviceTargets::Dense(_));
+        if dense && spec.ignore_index.is_some() {
+            return Err(Error::IgnoreIndexWithDenseTargets);
+        }
+        let cells = (b as u64) * (c as u64) * 4;
+        let align = self.device.limits().min_storage_buffer_offset_alignment as u64;
+        let in_place = matches!(outputs.gradient, Some(GradientOutput::InPlace));
+        batch.logits.check("logits", cells, align)?;
+        match batch.targets {
+            DeviceTargets::Labels(labels) => labels.check("labels", b as u64 * 4, align)?,
+            DeviceTargets::Dense(targets) => targets.check("targets", cells, align)?,
+        }
+        if let Some(weights) = batch.sample_weights {
+            weights.check("sample weights", b as u64 * 4, align)?;
+        }
+        outputs
+            .per_example
+            .check("per-example losses", b as u64 * 4, align)?;
+        if let Some(GradientOutput::Into(gradient)) = outputs.gradient {
+            gradient.check("gradient", cells, align)?;
+        }
+        if b == 0 {
+            return Ok(PendingLoss::empty(&self.device, spec.reduction));
+        }
+        let variant = self
+            .kernel
+            .unwrap_or_else(|| KernelVariant::for_classes(c))
+            .effective(c);
+        let row_bytes = c as u64 * 4;
+        let row_multiple = (align / gcd(row_bytes, align)) as usize;
+        let chunks = ce::plan(
+            variant,
+            b,
+            c,
+            if spec.input == InputKind::Probabilities {
+                2
+            } else {
+                1
+            },
+            self.max_binding_bytes,
+            self.rows_per_group,
+            row_multiple,
+        )?;
+        let total_groups: u32 = chunks.iter().map(|c| c.groups).sum();
+        let (reduce_passes, final_partial) = reduce_partials::plan(total_groups);
+        let call = Call {
+            spec: &spec,
+            shape: Shape {
+                batch: b,
+                classes: c,
+                dense,
+                sample_weights: batch.sample_weights.is_some(),
+            },
+            variant,
+            chunks: &chunks,
+            reduce_passes: &reduce_passes,
+            final_partial,
+        };
+
+        let mut buffers = self.buffers.lock().await;
+        let oom = self.device.push_error_scope(wgpu::ErrorFilter::OutOfMemory);
+        let validation = self.device.push_error_scope(wgpu::ErrorFilter::Validation);
+        let uniforms = self.write_uniforms(&mut buffers, &call);
+        let class_weights = spec.class_weights.as_ref().map(|w| {
+            let bytes: &[u8] = bytemuck::cast_slice(w);
+            let buffer = ensure(
+                &mut buffers.class_weights,
+                &self.device,
+                "class_weights",
+                bytes.len() as u64,
+                STORAGE_IN,
+            );
+            self.queue.write_buffer(&buffer, 0, bytes);
+            Range::whole(buffer, bytes.len() as u64)
+        });
+        let (row_stats, partials) = self.internal_buffers(&mut buffers, &call);
+        let chunk_range = |slice: &DeviceSlice<'_>, chunk: &Chunk| Range {
+            buffer: slice.buffer.clone(),
+            offset: slice.offset + chunk.first_row as u64 * row_bytes,
+            size: chunk.rows as u64 * row_bytes,
+        };
+        let bindings = Bindings {
+            uniforms,
+            labels: match batch.targets {
+                DeviceTargets::Labels(labels) => Some(labels.range(b as u64 * 4)),
+                DeviceTargets::Dense(_) => None,
+            },
+            class_weights,
+            sample_weights: batch.sample_weights.map(|w| w.range(b as u64 * 4)),
+            per_example: outputs.per_example.range(b as u64 * 4),
+            row_stats,
+            partials,
+            chunks: chunks
+                .iter()
+                .map(|chunk| ChunkBindings {
+                    logits: chunk_range(&batch.logits, chunk),
+                    targets: match batch.targets {
+                        DeviceTargets::Dense(t) => Some(chunk_range(&t, chunk)),
+                        DeviceTargets::Labels(_) => None,
+                    },
+                    gradient: match outputs.gradient {
+                        Some(GradientOutput::Into(g)) => Some(chunk_range(&g, chunk)),
+                        _ => None,
+                    },
+                })
+                .collect(),
+        };
+        let partial_size = std::mem::size_of::<Partial>() as u64;
+        let result = self.device.create_buffer(&wgpu::BufferDescriptor {
+            label: Some("reduced"),
+            size: partial_size,
+            usage: wgpu::BufferUsages::MAP_READ | wgpu::BufferUsages::COPY_DST,
+            mapped_at_creation: false,
+        });
+        let mut encoder = self.record(&call, &bindings, in_place);
+        encoder.copy_buffer_to_buffer(
+            &bindings.partials.buffer,
+            final_partial as u64 * partial_size,
+            &result,
+            0,
+            partial_size,
+        );
+        self.queue.submit([encoder.finish()]);
+        let validation = validation.pop();
+        let oom = oom.pop();
+        drop(buffers);
+        if let Some(e) = oom.await {
+            return Err(Error::OutOfMemory(e.to_string()));
+        }
+        if let Some(e) = validation.await {
+            return Err(Error::Gpu(e.to_string()));
+        }
+        Ok(PendingLoss {
+            device: self.device.clone(),
+            result: Some(result),
+            batch: b,
+            classes: c,
+            reduction: spec.reduction,
+            check_finite: spec.check_finite,
+        })
+    }
+
+    /// Blocking [`GpuContext::submit_resident`].
+    pub fn submit_resident_blocking(
+        &self,
+        spec: &CrossEntropy,
+        batch: &DeviceBatch<'_>,
+        outputs: &DeviceOutputs<'_>,
+    ) -> Result<PendingLoss> {
+        pollster::block_on(self.submit_resident(spec, batch, outputs))
     }
 
     /// The uniforms of one call: one slot per chunk, then one per reduction
@@ -824,6 +1039,200 @@ impl GpuContext {
             }
         }
         encoder
+    }
+}
+
+fn gcd(a: u64, b: u64) -> u64 {
+    if b == 0 {
+        a
+    } else {
+        gcd(b, a % b)
+    }
+}
+
+/// A place in a buffer on the context's device: `offset` bytes in.
+#[derive(Clone, Copy, Debug)]
+pub struct DeviceSlice<'a> {
+    /// The buffer.
+    pub buffer: &'a wgpu::Buffer,
+    /// Where the data starts, in bytes; a multiple of the device's
+    /// `min_storage_buffer_offset_alignment`.
+    pub offset: u64,
+}
+
+impl<'a> DeviceSlice<'a> {
+    /// The buffer from its start.
+    pub fn new(buffer: &'a wgpu::Buffer) -> Self {
+        DeviceSlice { buffer, offset: 0 }
+    }
+
+    /// The buffer from `offset` bytes in.
+    pub fn at(buffer: &'a wgpu::Buffer, offset: u64) -> Self {
+        DeviceSlice { buffer, offset }
+    }
+
+    fn check(&self, what: &'static str, bytes: u64, align: u64) -> Result<()> {
+        let fail = |reason: String| Err(Error::InvalidBuffer { what, reason });
+        if !self.buffer.usage().contains(wgpu::BufferUsages::STORAGE) {
+            return fail("the buffer lacks BufferUsages::STORAGE".into());
+        }
+        if !self.offset.is_multiple_of(align) {
+            return fail(format!(
+                "offset {} is not a multiple of {align}",
+                self.offset
+            ));
+        }
+        if self.offset + bytes > self.buffer.size() {
+            return fail(format!(
+                "needs {bytes} bytes from offset {}, the buffer has {}",
+                self.offset,
+                self.buffer.size()
+            ));
+        }
+        Ok(())
+    }
+
+    fn range(&self, size: u64) -> Range {
+        Range {
+            buffer: self.buffer.clone(),
+            offset: self.offset,
+            size: size.max(4),
+        }
+    }
+}
+
+/// The targets of a device batch.
+#[derive(Clone, Copy, Debug)]
+pub enum DeviceTargets<'a> {
+    /// `i32 [B]` class indices.
+    Labels(DeviceSlice<'a>),
+    /// `f32 [B, C]` one-hot or soft targets.
+    Dense(DeviceSlice<'a>),
+}
+
+/// A batch whose data already lives on the context's device.
+#[derive(Clone, Copy, Debug)]
+pub struct DeviceBatch<'a> {
+    /// `f32 [B, C]` logits (or probabilities), row-major.
+    pub logits: DeviceSlice<'a>,
+    /// B.
+    pub batch: usize,
+    /// C.
+    pub classes: usize,
+    /// Labels or dense targets.
+    pub targets: DeviceTargets<'a>,
+    /// `f32 [B]` sample weights.
+    pub sample_weights: Option<DeviceSlice<'a>>,
+}
+
+/// Where the gradient goes.
+#[derive(Clone, Copy, Debug)]
+pub enum GradientOutput<'a> {
+    /// Into this `f32 [B, C]` buffer.
+    Into(DeviceSlice<'a>),
+    /// Over the logits themselves: no extra B×C memory.
+    InPlace,
+}
+
+/// Where a device call writes its results.
+#[derive(Clone, Copy, Debug)]
+pub struct DeviceOutputs<'a> {
+    /// `f32 [B]` per-example losses.
+    pub per_example: DeviceSlice<'a>,
+    /// The gradient of the reduced loss with respect to the logits.
+    pub gradient: Option<GradientOutput<'a>>,
+}
+
+/// The reduced values of a [`GpuContext::submit_resident`] call, read back
+/// only on request.
+#[derive(Debug)]
+pub struct PendingLoss {
+    device: wgpu::Device,
+    result: Option<wgpu::Buffer>,
+    batch: usize,
+    classes: usize,
+    reduction: crate::Reduction,
+    check_finite: bool,
+}
+
+/// The reduced values of a device call.
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub struct ReducedLoss {
+    /// The chosen reduction's value.
+    pub loss: f64,
+    /// Estimator's `average_loss`.
+    pub average_loss: f64,
+    /// Mergeable statistics.
+    pub stats: LossStats,
+}
+
+impl PendingLoss {
+    fn empty(device: &wgpu::Device, reduction: crate::Reduction) -> Self {
+        PendingLoss {
+            device: device.clone(),
+            result: None,
+            batch: 0,
+            classes: 0,
+            reduction,
+            check_finite: false,
+        }
+    }
+
+    /// Waits for the call and reads its 48-byte reduced partial: `loss`,
+    /// `average_loss` and the stats. Reports a bad label found on the
+    /// device, and a non-finite row under `check_finite`.
+    pub async fn read(&self) -> Result<ReducedLoss> {
+        let Some(result) = &self.result else {
+            let stats = LossStats::default();
+            return Ok(ReducedLoss {
+                loss: stats.reduce(self.reduction),
+                average_loss: stats.average_loss(),
+                stats,
+            });
+        };
+        let (sender, receiver) = futures_intrusive::channel::shared::oneshot_channel();
+        result.slice(..).map_async(wgpu::MapMode::Read, move |r| {
+            let _ = sender.send(r);
+        });
+        self.device
+            .poll(wgpu::PollType::wait_indefinitely())
+            .map_err(|e| Error::Gpu(e.to_string()))?;
+        match receiver.receive().await {
+            Some(Ok(())) => {}
+            Some(Err(e)) => return Err(Error::Gpu(format!("readback failed: {e}"))),
+            None => return Err(Error::Gpu("readback was dropped".into())),
+        }
+        let partial: Partial = {
+            let view = result
+                .slice(..)
+                .get_mapped_range()
+                .map_err(|e| Error::Gpu(e.to_string()))?;
+            bytemuck::pod_read_unaligned(&view[..std::mem::size_of::<Partial>()])
+        };
+        result.unmap();
+        if partial.first_bad_row != NO_ROW {
+            return Err(Error::LabelOutOfRange {
+                row: partial.first_bad_row as usize,
+                label: partial.bad_label as i64,
+                classes: self.classes,
+            });
+        }
+        if self.check_finite && partial.first_nonfinite_row != NO_ROW {
+            return Err(Error::NonFiniteLoss {
+                row: partial.first_nonfinite_row as usize,
+            });
+        }
+        let stats = partial.stats(self.batch);
+        Ok(ReducedLoss {
+            loss: stats.reduce(self.reduction),
+            average_loss: stats.average_loss(),
+            stats,
+        })
+    }
+
+    /// Blocking [`PendingLoss::read`].
+    pub fn read_blocking(&self) -> Result<ReducedLoss> {
+        pollster::block_on(self.read())
     }
 }
 

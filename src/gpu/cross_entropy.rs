@@ -139,7 +139,8 @@ pub(crate) fn max_classes(variant: KernelVariant, passes: u64, max_binding_bytes
 
 /// Cuts `batch` rows into chunks of at most `max_binding_bytes` of logits and
 /// chooses each chunk's workgroups. `rows_per_group` overrides the choice,
-/// within the loop-trip budget.
+/// within the loop-trip budget. Every chunk but the last has a multiple of
+/// `row_multiple` rows, so that chunk offsets inside one buffer stay aligned.
 pub(crate) fn plan(
     variant: KernelVariant,
     batch: usize,
@@ -147,6 +148,7 @@ pub(crate) fn plan(
     passes: u64,
     max_binding_bytes: u64,
     rows_per_group: Option<u32>,
+    row_multiple: usize,
 ) -> Result<Vec<Chunk>> {
     let max_classes = max_classes(variant, passes, max_binding_bytes);
     if classes > max_classes {
@@ -160,7 +162,13 @@ pub(crate) fn plan(
         return Err(Error::BatchTooLarge { batch, max_batch });
     }
     let row_bytes = classes as u64 * 4;
-    let rows_per_chunk = (max_binding_bytes / row_bytes) as usize;
+    let rows_per_chunk = (max_binding_bytes / row_bytes) as usize / row_multiple * row_multiple;
+    if rows_per_chunk == 0 {
+        return Err(Error::RowTooLarge {
+            classes,
+            max_classes: (max_binding_bytes / 4 / row_multiple as u64) as usize,
+        });
+    }
     // Rows one invocation walks per workgroup row.
     let lanes = match variant {
         KernelVariant::Wide => 1,
@@ -283,7 +291,7 @@ mod tests {
 
     #[test]
     fn plan_chunks_by_binding_size() {
-        let chunks = plan(KernelVariant::Wide, 64, 600_000, 1, 128 << 20, None).unwrap();
+        let chunks = plan(KernelVariant::Wide, 64, 600_000, 1, 128 << 20, None, 1).unwrap();
         assert_eq!(chunks.len(), 2);
         assert_eq!(chunks[0].rows, 55);
         assert_eq!(chunks[1].first_row, 55);
@@ -295,7 +303,7 @@ mod tests {
     fn plan_keeps_trip_count_under_budget() {
         for classes in [1, 10, 64, 1000, 50_000, 600_000] {
             for variant in [KernelVariant::Wide, KernelVariant::Narrow] {
-                let Ok(chunks) = plan(variant, 200_000, classes, 2, u64::MAX / 4, None) else {
+                let Ok(chunks) = plan(variant, 200_000, classes, 2, u64::MAX / 4, None, 1) else {
                     assert!(classes > max_classes(variant, 2, u64::MAX / 4));
                     continue;
                 };
@@ -317,9 +325,17 @@ mod tests {
     }
 
     #[test]
+    fn plan_aligns_chunks_when_asked() {
+        // 10 classes of f32 are 40 bytes: 32 rows make 1280 bytes, a multiple of 256.
+        let chunks = plan(KernelVariant::Narrow, 1000, 10, 1, 10_000, None, 32).unwrap();
+        assert!(chunks.iter().all(|c| c.first_row % 32 == 0));
+        assert_eq!(chunks[0].rows, 224);
+    }
+
+    #[test]
     fn plan_rejects_huge_rows() {
         assert!(matches!(
-            plan(KernelVariant::Wide, 1, 100_000_000, 1, 1 << 40, None),
+            plan(KernelVariant::Wide, 1, 100_000_000, 1, 1 << 40, None, 1),
             Err(Error::RowTooLarge { .. })
         ));
     }

@@ -5,7 +5,10 @@ pub(crate) mod cross_entropy;
 mod diagnostics;
 pub(crate) mod reduce_partials;
 
-pub use context::{GpuContext, GpuOptions};
+pub use context::{
+    DeviceBatch, DeviceOutputs, DeviceSlice, DeviceTargets, GpuContext, GpuOptions, GradientOutput,
+    PendingLoss, ReducedLoss,
+};
 pub use cross_entropy::KernelVariant;
 pub use diagnostics::GpuDiagnostics;
 
