@@ -39,7 +39,7 @@ fn div_no_nan(num: f64, den: f64) -> f64 {
 ///
 /// let engine = Engine::cpu();
 /// let spec = CrossEntropy::new().with_reduction(Reduction::SumOverBatchSize);
-/// let logits = [2.0f32, 0.0, 0.0, 2.0, 1.0, 0.0];
+/// let logits = [2.0f32, 0.0, 0.0, 2.0, 4.0, 0.0];
 /// let labels = [0, 0, 1];
 /// let (mut loss, mut average_loss) = (StreamingMean::new(), StreamingMean::new());
 /// // Batches of 2, the last one short.

@@ -46,7 +46,7 @@ written.";
 
 #[derive(Args, Debug)]
 pub(crate) struct AuditArgs {
-    /// Logits (or probabilities with --probabilities), [B, C], float32 or float64
+    /// Logits (or probabilities with --probabilities), [B, C], float16, float32 or float64
     #[arg(long, value_name = "X.npy")]
     logits: PathBuf,
 
@@ -215,7 +215,7 @@ fn reader_error(path: &Path, e: impl std::fmt::Display) -> Error {
     npy_error(path, format!("cannot read the data: {e}"))
 }
 
-/// A float32 or float64 array, streamed as f32.
+/// A float16, float32 or float64 array, streamed as f32.
 fn float_stream(path: &Path) -> Result<(Stream<f32>, Vec<usize>)> {
     let (npy, shape, len) = open_npy(path)?;
     let dtype = npy.header().dtype();
@@ -228,11 +228,15 @@ fn float_stream(path: &Path) -> Result<(Stream<f32>, Vec<usize>)> {
             let data = npy.data::<f64>().map_err(|e| reader_error(path, e))?;
             Stream::new(path, data, len, |x: f64| x as f32)
         }
+        DType::Plain(ts) if ts.type_char() == TypeChar::Float && ts.size_field() == 2 => {
+            let data = npy.data::<half::f16>().map_err(|e| reader_error(path, e))?;
+            Stream::new(path, data, len, |x: half::f16| x.to_f32())
+        }
         _ => {
             return Err(npy_error(
                 path,
                 format!(
-                    "unsupported dtype {}; expected float32 or float64",
+                    "unsupported dtype {}; expected float16, float32 or float64",
                     dtype_text(&dtype)
                 ),
             ))
