@@ -884,7 +884,12 @@ fn unsupported_dtypes() {
     f.expect(&f.logits, &floats, &[], "expected an integer dtype");
     // Integers as logits.
     let ints = npy(f.path(), "int.npy", &shape2(), &vec![0; B * C]);
-    f.expect(&ints, &f.labels, &[], "expected float16, float32 or float64");
+    f.expect(
+        &ints,
+        &f.labels,
+        &[],
+        "expected float16, float32 or float64",
+    );
     // Complex numbers.
     let complex = raw_npy(f.path(), "complex.npy", "'<c8'", "(1, 2)", &[0u8; 16]);
     f.expect(&complex, &f.labels, &[], "unsupported dtype");

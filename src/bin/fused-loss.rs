@@ -148,7 +148,12 @@ struct ComputeArgs {
 
     /// z-loss coefficient: adds s_n * Z * lse_n^2 to every row that is not
     /// ignored (logits only)
-    #[arg(long, value_name = "Z", default_value_t = 0.0, allow_negative_numbers = true)]
+    #[arg(
+        long,
+        value_name = "Z",
+        default_value_t = 0.0,
+        allow_negative_numbers = true
+    )]
     z_loss: f32,
 
     /// Soft-cap the logits, x <- S * tanh(x / S), before the softmax (logits only)
