@@ -8,7 +8,7 @@ use std::sync::{Arc, Mutex};
 use futures_intrusive::sync::Mutex as AsyncMutex;
 
 use super::cross_entropy::{self as ce, Chunk, KernelVariant};
-use super::{reduce_partials, shader_source, Kernel, Partial, NO_ROW};
+use super::{compute_pipeline, map_read, reduce_partials, shader_source, Kernel, Partial};
 use crate::error::{Error, Result};
 use crate::output::{Backend, LossOutput, LossStats};
 use crate::spec::{Batch, CrossEntropy, InputKind, Targets};
@@ -375,14 +375,6 @@ impl GpuContext {
         let validation = validation.pop();
         let oom = oom.pop();
 
-        let staging = &readback.staging;
-        let (sender, receiver) = futures_intrusive::channel::shared::oneshot_channel();
-        staging
-            .slice(..readback.size)
-            .map_async(wgpu::MapMode::Read, move |result| {
-                let _ = sender.send(result);
-            });
-        let polled = self.device.poll(wgpu::PollType::wait_indefinitely());
         if let Some(e) = oom.await {
             return Err(Error::OutOfMemory(e.to_string()));
         }
@@ -392,50 +384,30 @@ impl GpuContext {
         if let Some(e) = self.uncaptured.lock().ok().and_then(|mut s| s.take()) {
             return Err(Error::Gpu(e));
         }
-        polled.map_err(|e| Error::Gpu(e.to_string()))?;
-        match receiver.receive().await {
-            Some(Ok(())) => {}
-            Some(Err(e)) => return Err(Error::Gpu(format!("readback failed: {e}"))),
-            None => return Err(Error::Gpu("readback was dropped".into())),
-        }
-        let (per_example, partial, gradient, row_lse) = {
-            let view = staging
-                .slice(..readback.size)
-                .get_mapped_range()
-                .map_err(|e| Error::Gpu(e.to_string()))?;
-            let floats = |offset: u64, count: usize| -> Vec<f32> {
-                bytemuck::cast_slice(&view[offset as usize..offset as usize + count * 4]).to_vec()
-            };
-            let per_example = floats(0, batch.batch);
-            let at = readback.partial_offset as usize;
-            let partial: Partial =
-                bytemuck::pod_read_unaligned(&view[at..at + std::mem::size_of::<Partial>()]);
-            let gradient = readback
-                .gradient_offset
-                .map(|offset| floats(offset, batch.batch * batch.classes));
-            let row_lse = readback.row_stats_offset.map(|offset| {
-                floats(offset, batch.batch * 2)
-                    .chunks_exact(2)
-                    .map(|pair| pair[0])
-                    .collect()
-            });
-            (per_example, partial, gradient, row_lse)
-        };
-        staging.unmap();
+        let (per_example, partial, gradient, row_lse) =
+            map_read(&self.device, &readback.staging, readback.size, |view| {
+                let floats = |offset: u64, count: usize| -> Vec<f32> {
+                    bytemuck::cast_slice(&view[offset as usize..offset as usize + count * 4])
+                        .to_vec()
+                };
+                let per_example = floats(0, batch.batch);
+                let at = readback.partial_offset as usize;
+                let partial: Partial =
+                    bytemuck::pod_read_unaligned(&view[at..at + std::mem::size_of::<Partial>()]);
+                let gradient = readback
+                    .gradient_offset
+                    .map(|offset| floats(offset, batch.batch * batch.classes));
+                let row_lse = readback.row_stats_offset.map(|offset| {
+                    floats(offset, batch.batch * 2)
+                        .chunks_exact(2)
+                        .map(|pair| pair[0])
+                        .collect::<Vec<f32>>()
+                });
+                (per_example, partial, gradient, row_lse)
+            })
+            .await?;
         drop(buffers);
-
-        if partial.first_bad_row != NO_ROW {
-            return Err(Error::LabelOutOfRange {
-                row: partial.first_bad_row as usize,
-                label: partial.bad_label as i64,
-                classes: batch.classes,
-            });
-        }
-        if spec.check_finite && partial.first_nonfinite_row != NO_ROW {
-            return Err(Error::NonFiniteLoss {
-                row: partial.first_nonfinite_row as usize,
-            });
-        }
+        partial.check(batch.classes, spec.check_finite)?;
         let mut out = LossOutput::new(
             per_example,
             spec.reduction,
@@ -1190,38 +1162,12 @@ impl PendingLoss {
                 stats,
             });
         };
-        let (sender, receiver) = futures_intrusive::channel::shared::oneshot_channel();
-        result.slice(..).map_async(wgpu::MapMode::Read, move |r| {
-            let _ = sender.send(r);
-        });
-        self.device
-            .poll(wgpu::PollType::wait_indefinitely())
-            .map_err(|e| Error::Gpu(e.to_string()))?;
-        match receiver.receive().await {
-            Some(Ok(())) => {}
-            Some(Err(e)) => return Err(Error::Gpu(format!("readback failed: {e}"))),
-            None => return Err(Error::Gpu("readback was dropped".into())),
-        }
-        let partial: Partial = {
-            let view = result
-                .slice(..)
-                .get_mapped_range()
-                .map_err(|e| Error::Gpu(e.to_string()))?;
-            bytemuck::pod_read_unaligned(&view[..std::mem::size_of::<Partial>()])
-        };
-        result.unmap();
-        if partial.first_bad_row != NO_ROW {
-            return Err(Error::LabelOutOfRange {
-                row: partial.first_bad_row as usize,
-                label: partial.bad_label as i64,
-                classes: self.classes,
-            });
-        }
-        if self.check_finite && partial.first_nonfinite_row != NO_ROW {
-            return Err(Error::NonFiniteLoss {
-                row: partial.first_nonfinite_row as usize,
-            });
-        }
+        let size = std::mem::size_of::<Partial>();
+        let partial: Partial = map_read(&self.device, result, size as u64, |view| {
+            bytemuck::pod_read_unaligned(&view[..size])
+        })
+        .await?;
+        partial.check(self.classes, self.check_finite)?;
         let stats = partial.stats(self.batch);
         Ok(ReducedLoss {
             loss: stats.reduce(self.reduction),
@@ -1321,21 +1267,5 @@ fn pipeline(
         Kernel::Gradient => "cross_entropy_grad",
         Kernel::GradientInPlace => "cross_entropy_grad_in_place",
     };
-    let module = device.create_shader_module(wgpu::ShaderModuleDescriptor {
-        label: Some(label),
-        source: wgpu::ShaderSource::Wgsl(Cow::Owned(shader_source(kernel))),
-    });
-    let pipeline_layout = device.create_pipeline_layout(&wgpu::PipelineLayoutDescriptor {
-        label: Some(label),
-        bind_group_layouts: &[Some(layout)],
-        immediate_size: 0,
-    });
-    device.create_compute_pipeline(&wgpu::ComputePipelineDescriptor {
-        label: Some(label),
-        layout: Some(&pipeline_layout),
-        module: &module,
-        entry_point: Some("main"),
-        compilation_options: Default::default(),
-        cache: None,
-    })
+    compute_pipeline(device, label, Cow::Owned(shader_source(kernel)), layout)
 }

@@ -9,7 +9,7 @@ use std::num::NonZeroU64;
 use bytemuck::{Pod, Zeroable};
 
 use super::cross_entropy::{dispatch_size, storage_entry, MAX_GROUPS_PER_DIMENSION};
-use super::GpuContext;
+use super::{compute_pipeline, map_read, GpuContext};
 use crate::diagnostics::{score_labels, Histogram, RowScore};
 use crate::error::{Error, Result};
 use crate::spec::{check_labels, Batch, CrossEntropy, InputKind, Targets};
@@ -116,27 +116,11 @@ fn uniform_entry(binding: u32, size: usize) -> wgpu::BindGroupLayoutEntry {
 
 fn pipeline(
     device: &wgpu::Device,
-    label: &'static str,
+    label: &str,
     source: &'static str,
     layout: &wgpu::BindGroupLayout,
 ) -> wgpu::ComputePipeline {
-    let module = device.create_shader_module(wgpu::ShaderModuleDescriptor {
-        label: Some(label),
-        source: wgpu::ShaderSource::Wgsl(Cow::Borrowed(source)),
-    });
-    let pipeline_layout = device.create_pipeline_layout(&wgpu::PipelineLayoutDescriptor {
-        label: Some(label),
-        bind_group_layouts: &[Some(layout)],
-        immediate_size: 0,
-    });
-    device.create_compute_pipeline(&wgpu::ComputePipelineDescriptor {
-        label: Some(label),
-        layout: Some(&pipeline_layout),
-        module: &module,
-        entry_point: Some("main"),
-        compilation_options: Default::default(),
-        cache: None,
-    })
+    compute_pipeline(device, label, Cow::Borrowed(source), layout)
 }
 
 fn binding(buffer: &wgpu::Buffer, size: u64) -> wgpu::BindingResource<'_> {
@@ -278,29 +262,10 @@ impl GpuDiagnostics {
         encoder.copy_buffer_to_buffer(output, 0, &staging, 0, padded(size));
         self.queue.submit([encoder.finish()]);
 
-        let (sender, receiver) = futures_intrusive::channel::shared::oneshot_channel();
-        staging
-            .slice(..)
-            .map_async(wgpu::MapMode::Read, move |result| {
-                let _ = sender.send(result);
-            });
-        self.device
-            .poll(wgpu::PollType::wait_indefinitely())
-            .map_err(|e| Error::Gpu(e.to_string()))?;
-        match receiver.receive().await {
-            Some(Ok(())) => {}
-            Some(Err(e)) => return Err(Error::Gpu(format!("readback failed: {e}"))),
-            None => return Err(Error::Gpu("readback was dropped".into())),
-        }
-        let bytes = {
-            let view = staging
-                .slice(..)
-                .get_mapped_range()
-                .map_err(|e| Error::Gpu(e.to_string()))?;
+        map_read(&self.device, &staging, staging.size(), |view| {
             view[..size as usize].to_vec()
-        };
-        staging.unmap();
-        Ok(bytes)
+        })
+        .await
     }
 
     /// Runs `body` inside validation and out-of-memory error scopes.

@@ -104,7 +104,86 @@ fn float_float(pair: [f32; 2]) -> f64 {
     }
 }
 
+/// Builds a compute pipeline with entry point `main` over one bind group.
+pub(crate) fn compute_pipeline(
+    device: &wgpu::Device,
+    label: &str,
+    source: std::borrow::Cow<'_, str>,
+    layout: &wgpu::BindGroupLayout,
+) -> wgpu::ComputePipeline {
+    let module = device.create_shader_module(wgpu::ShaderModuleDescriptor {
+        label: Some(label),
+        source: wgpu::ShaderSource::Wgsl(source),
+    });
+    let pipeline_layout = device.create_pipeline_layout(&wgpu::PipelineLayoutDescriptor {
+        label: Some(label),
+        bind_group_layouts: &[Some(layout)],
+        immediate_size: 0,
+    });
+    device.create_compute_pipeline(&wgpu::ComputePipelineDescriptor {
+        label: Some(label),
+        layout: Some(&pipeline_layout),
+        module: &module,
+        entry_point: Some("main"),
+        compilation_options: Default::default(),
+        cache: None,
+    })
+}
+
+/// Maps the first `size` bytes of a `MAP_READ` buffer once the submitted
+/// work is done, hands them to `read`, and unmaps.
+pub(crate) async fn map_read<T>(
+    device: &wgpu::Device,
+    buffer: &wgpu::Buffer,
+    size: u64,
+    read: impl FnOnce(&[u8]) -> T,
+) -> crate::Result<T> {
+    use crate::Error;
+    let (sender, receiver) = futures_intrusive::channel::shared::oneshot_channel();
+    buffer
+        .slice(..size)
+        .map_async(wgpu::MapMode::Read, move |result| {
+            let _ = sender.send(result);
+        });
+    device
+        .poll(wgpu::PollType::wait_indefinitely())
+        .map_err(|e| Error::Gpu(e.to_string()))?;
+    match receiver.receive().await {
+        Some(Ok(())) => {}
+        Some(Err(e)) => return Err(Error::Gpu(format!("readback failed: {e}"))),
+        None => return Err(Error::Gpu("readback was dropped".into())),
+    }
+    let out = {
+        let view = buffer
+            .slice(..size)
+            .get_mapped_range()
+            .map_err(|e| Error::Gpu(e.to_string()))?;
+        read(&view)
+    };
+    buffer.unmap();
+    Ok(out)
+}
+
 impl Partial {
+    /// The errors a partial carries: the first bad label, and with
+    /// `check_finite` the first non-finite row.
+    pub(crate) fn check(&self, classes: usize, check_finite: bool) -> crate::Result<()> {
+        use crate::Error;
+        if self.first_bad_row != NO_ROW {
+            return Err(Error::LabelOutOfRange {
+                row: self.first_bad_row as usize,
+                label: self.bad_label as i64,
+                classes,
+            });
+        }
+        if check_finite && self.first_nonfinite_row != NO_ROW {
+            return Err(Error::NonFiniteLoss {
+                row: self.first_nonfinite_row as usize,
+            });
+        }
+        Ok(())
+    }
+
     /// The stats this partial describes; the host combines each pair in f64.
     pub(crate) fn stats(&self, batch: usize) -> LossStats {
         LossStats {
