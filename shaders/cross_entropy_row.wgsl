@@ -56,13 +56,17 @@ fn quiet_nan() -> f32 {
     return bitcast<f32>(0x7fc00000u | params.zero);
 }
 
-// Logit i after the optional soft-cap.
-fn logit(i: u32) -> f32 {
-    let x = logits[i];
+// A logit after the optional soft-cap.
+fn soft_cap(x: f32) -> f32 {
     if has(FLAG_SOFTCAP) {
         return params.softcap * tanh(x / params.softcap);
     }
     return x;
+}
+
+// Logit i after the optional soft-cap.
+fn logit(i: u32) -> f32 {
+    return soft_cap(logits[i]);
 }
 
 fn class_weight(c: u32) -> f32 {
@@ -141,7 +145,7 @@ fn logit_sums(base: u32, pivot: f32, lo: u32, step: u32) -> RowSums {
     for (var c = lo; c < params.classes; c += step) {
         let raw = logits[base + c];
         out.bad |= u32(is_poison(raw));
-        let x = logit(base + c);
+        let x = soft_cap(raw);
         out.lse = lse_push(out.lse, x);
         if sums {
             let a = coefficient(base, c);

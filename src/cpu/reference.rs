@@ -24,8 +24,8 @@ pub struct RowLoss {
     pub ignored: bool,
     /// The log-sum-exp of the (soft-capped) logits; NaN for probabilities.
     pub lse: f64,
-    /// `∂L_n/∂x_{n,c}`, unscaled by the reduction (logits only; empty for
-    /// probabilities).
+    /// `∂L_n/∂x_{n,c}`, unscaled by the reduction; empty unless the spec
+    /// asks for the gradient.
     pub gradient: Vec<f64>,
 }
 
@@ -89,7 +89,7 @@ pub fn row_losses(spec: &CrossEntropy, batch: &Batch<'_>) -> Result<Vec<RowLoss>
     }
     let eps = spec.label_smoothing as f64;
     let z_loss = spec.z_loss as f64;
-    let logits_input = spec.input == InputKind::Logits;
+    let gradient_wanted = spec.gradient && spec.input == InputKind::Logits;
     let class_weight = |c: usize| spec.class_weights.as_ref().map_or(1.0, |w| w[c] as f64);
     let mut rows = Vec::with_capacity(batch.batch);
     let mut coefficients = vec![0.0f64; classes];
@@ -107,7 +107,7 @@ pub fn row_losses(spec: &CrossEntropy, batch: &Batch<'_>) -> Result<Vec<RowLoss>
                         coefficient_sum: 0.0,
                         ignored: true,
                         lse,
-                        gradient: if logits_input {
+                        gradient: if gradient_wanted {
                             vec![0.0; classes]
                         } else {
                             Vec::new()
@@ -155,7 +155,7 @@ pub fn row_losses(spec: &CrossEntropy, batch: &Batch<'_>) -> Result<Vec<RowLoss>
         };
         // ∂L/∂z_c = (Σ_k a_k)·p_c − a_c + 2·s·z·lse·p_c, then the softcap's
         // chain rule ∂z_c/∂x_c = 1 − (z_c/cap)².
-        let gradient = match (&terms, logits_input) {
+        let gradient = match (&terms, gradient_wanted) {
             (_, false) => Vec::new(),
             (None, true) => vec![f64::NAN; classes],
             (Some(_), true) if s == 0.0 => vec![0.0; classes],
