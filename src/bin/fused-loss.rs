@@ -82,6 +82,63 @@ struct DemoArgs {
     backend: BackendArg,
 }
 
+/// The loss options `compute` and `audit` share.
+#[derive(Args, Debug)]
+pub(crate) struct LossOptions {
+    /// The input holds probabilities, not logits: each row is renormalised and
+    /// clipped to [1e-7, 1 - 1e-7] before the log (Keras from_logits=False)
+    #[arg(long)]
+    probabilities: bool,
+
+    /// Per-class weights, [C], >= 0
+    #[arg(long, value_name = "W.npy")]
+    class_weights: Option<PathBuf>,
+
+    /// Per-example weights, [B], >= 0
+    #[arg(long, value_name = "S.npy")]
+    sample_weights: Option<PathBuf>,
+
+    /// Rows with this label are ignored: loss 0, not counted, not ranked by
+    /// audit; an error with dense targets
+    #[arg(long, value_name = "N", allow_negative_numbers = true)]
+    ignore_index: Option<i32>,
+
+    /// Label smoothing epsilon, in [0, 1]
+    #[arg(long, value_name = "E", default_value_t = 0.0)]
+    label_smoothing: f32,
+
+    /// The reduction reported as `loss`
+    #[arg(long, value_enum, default_value_t = ReductionArg(Reduction::Mean))]
+    reduction: ReductionArg,
+
+    /// Make a NaN or infinite per-example loss an error naming its first row
+    #[arg(long)]
+    check_finite: bool,
+}
+
+impl LossOptions {
+    /// The spec these options describe, with the class weights read from
+    /// their file (C values).
+    pub(crate) fn spec(&self, classes: usize) -> Result<CrossEntropy> {
+        let mut spec = CrossEntropy::new()
+            .with_reduction(self.reduction.0)
+            .with_label_smoothing(self.label_smoothing)
+            .with_check_finite(self.check_finite);
+        if self.probabilities {
+            spec = spec.with_input(InputKind::Probabilities);
+        }
+        if let Some(index) = self.ignore_index {
+            spec = spec.with_ignore_index(index);
+        }
+        if let Some(path) = &self.class_weights {
+            let weights = read_floats(path)?;
+            check_1d(path, "class weights", &weights.shape, classes)?;
+            spec = spec.with_class_weights(weights.data);
+        }
+        Ok(spec)
+    }
+}
+
 #[derive(Args, Debug)]
 struct ComputeArgs {
     /// Logits (or probabilities with --probabilities), [B, C], float16, float32 or float64; required
@@ -97,35 +154,12 @@ struct ComputeArgs {
     )]
     labels: Option<PathBuf>,
 
-    /// Dense one-hot or soft targets, [B, C], float32 or float64; not renormalised
+    /// Dense one-hot or soft targets, [B, C], float16, float32 or float64; not renormalised
     #[arg(long, value_name = "T.npy")]
     targets: Option<PathBuf>,
 
-    /// The input holds probabilities, not logits: each row is renormalised and
-    /// clipped to [1e-7, 1 - 1e-7] before the log (Keras from_logits=False)
-    #[arg(long)]
-    probabilities: bool,
-
-    /// Per-class weights, [C], >= 0
-    #[arg(long, value_name = "W.npy")]
-    class_weights: Option<PathBuf>,
-
-    /// Per-example weights, [B], >= 0
-    #[arg(long, value_name = "S.npy")]
-    sample_weights: Option<PathBuf>,
-
-    /// Rows with this label are ignored: loss 0, not counted (labels only; an
-    /// error with --targets)
-    #[arg(long, value_name = "N", allow_negative_numbers = true)]
-    ignore_index: Option<i32>,
-
-    /// Label smoothing epsilon, in [0, 1]
-    #[arg(long, value_name = "E", default_value_t = 0.0)]
-    label_smoothing: f32,
-
-    /// The reduction reported as `loss`
-    #[arg(long, value_enum, default_value_t = ReductionArg(Reduction::Mean))]
-    reduction: ReductionArg,
+    #[command(flatten)]
+    loss: LossOptions,
 
     /// Where to compute
     #[arg(long, value_enum, default_value_t = BackendArg::Auto)]
@@ -135,10 +169,6 @@ struct ComputeArgs {
     /// computation succeeds)
     #[arg(long, value_name = "L.npy")]
     per_example_out: Option<PathBuf>,
-
-    /// Make a NaN or infinite per-example loss an error naming its first row
-    #[arg(long)]
-    check_finite: bool,
 
     /// Write the gradient of the reduced loss with respect to the logits here
     /// as a float32 [B, C] .npy; with `--reduction none` it is the gradient of
@@ -353,7 +383,7 @@ fn compute(args: &ComputeArgs) -> Result<()> {
         (Some(path), None) => {
             let raw = read_ints(path)?;
             check_1d(path, "labels", &raw.shape, batch_size)?;
-            labels = labels_to_i32(&raw.data, classes, args.ignore_index)?;
+            labels = labels_to_i32(&raw.data, classes, args.loss.ignore_index)?;
             Targets::Labels(&labels)
         }
         (None, Some(path)) => {
@@ -378,27 +408,15 @@ fn compute(args: &ComputeArgs) -> Result<()> {
         }
     };
 
-    let mut spec = CrossEntropy::new()
-        .with_reduction(args.reduction.0)
-        .with_label_smoothing(args.label_smoothing)
-        .with_check_finite(args.check_finite)
+    let mut spec = args
+        .loss
+        .spec(classes)?
         .with_z_loss(args.z_loss)
         .with_gradient(args.grad_out.is_some());
     if let Some(cap) = args.softcap {
         spec = spec.with_softcap(cap);
     }
-    if args.probabilities {
-        spec = spec.with_input(InputKind::Probabilities);
-    }
-    if let Some(index) = args.ignore_index {
-        spec = spec.with_ignore_index(index);
-    }
-    if let Some(path) = &args.class_weights {
-        let weights = read_floats(path)?;
-        check_1d(path, "class weights", &weights.shape, classes)?;
-        spec = spec.with_class_weights(weights.data);
-    }
-    let sample_weights = match &args.sample_weights {
+    let sample_weights = match &args.loss.sample_weights {
         Some(path) => {
             let weights = read_floats(path)?;
             check_1d(path, "sample weights", &weights.shape, batch_size)?;

@@ -11,12 +11,12 @@ use fused_loss::diagnostics::{
     BinScale, Diagnostics, Histogram, HistogramSpec, Ranked, RowScore, Scorer, NO_CLASS,
 };
 use fused_loss::tensorboard::EventWriter;
-use fused_loss::{Batch, CrossEntropy, Engine, Error, InputKind, LossStats, Result, Targets};
+use fused_loss::{Batch, CrossEntropy, Engine, Error, LossStats, Result, Targets};
 use npyz::{DType, TypeChar, WriterBuilder};
 
 use super::{
     check_1d, dtype_text, labels_to_i32, note_fallback, npy_error, open_engine, open_npy,
-    print_stdout, shape_text, BackendArg, ReductionArg,
+    print_stdout, shape_text, BackendArg, LossOptions,
 };
 
 pub(crate) const AUDIT_AFTER_HELP: &str = "\
@@ -54,33 +54,8 @@ pub(crate) struct AuditArgs {
     #[arg(long, value_name = "Y.npy")]
     labels: PathBuf,
 
-    /// The input holds probabilities, not logits (Keras from_logits=False)
-    #[arg(long)]
-    probabilities: bool,
-
-    /// Per-class weights, [C], >= 0
-    #[arg(long, value_name = "W.npy")]
-    class_weights: Option<PathBuf>,
-
-    /// Per-example weights, [B], >= 0
-    #[arg(long, value_name = "S.npy")]
-    sample_weights: Option<PathBuf>,
-
-    /// Rows with this label are ignored: loss 0, not counted, not ranked
-    #[arg(long, value_name = "N", allow_negative_numbers = true)]
-    ignore_index: Option<i32>,
-
-    /// Label smoothing epsilon, in [0, 1]
-    #[arg(long, value_name = "E", default_value_t = 0.0)]
-    label_smoothing: f32,
-
-    /// The reduction reported as `loss`
-    #[arg(long, value_enum, default_value_t = ReductionArg(fused_loss::Reduction::Mean))]
-    reduction: ReductionArg,
-
-    /// Make a NaN or infinite per-example loss an error naming its first row
-    #[arg(long)]
-    check_finite: bool,
+    #[command(flatten)]
+    loss: LossOptions,
 
     /// How many of the largest losses to list
     #[arg(long, value_name = "K", default_value_t = 10)]
@@ -409,7 +384,7 @@ fn open_inputs(args: &AuditArgs) -> Result<(Inputs, CrossEntropy)> {
     };
     let (labels, shape) = int_stream(&args.labels)?;
     check_1d(&args.labels, "labels", &shape, batch)?;
-    let sample_weights = match &args.sample_weights {
+    let sample_weights = match &args.loss.sample_weights {
         Some(path) => {
             let (stream, shape) = float_stream(path)?;
             check_1d(path, "sample weights", &shape, batch)?;
@@ -417,23 +392,7 @@ fn open_inputs(args: &AuditArgs) -> Result<(Inputs, CrossEntropy)> {
         }
         None => None,
     };
-    let mut spec = CrossEntropy::new()
-        .with_reduction(args.reduction.0)
-        .with_label_smoothing(args.label_smoothing)
-        .with_check_finite(args.check_finite);
-    if args.probabilities {
-        spec = spec.with_input(InputKind::Probabilities);
-    }
-    if let Some(index) = args.ignore_index {
-        spec = spec.with_ignore_index(index);
-    }
-    if let Some(path) = &args.class_weights {
-        let (mut stream, shape) = float_stream(path)?;
-        check_1d(path, "class weights", &shape, classes)?;
-        let mut weights = Vec::new();
-        stream.take(classes, &mut weights)?;
-        spec = spec.with_class_weights(weights);
-    }
+    let spec = args.loss.spec(classes)?;
     // The options' own rules, on an empty batch of this width.
     Batch {
         logits: &[],
