@@ -179,6 +179,19 @@ impl CrossEntropy {
         self
     }
 
+    /// Checks the options for rows of `classes` classes: the class weights'
+    /// length and values, then [`CrossEntropy::validate`].
+    pub fn validate_for(&self, classes: usize) -> Result<()> {
+        if classes == 0 {
+            return Err(Error::NoClasses);
+        }
+        if let Some(weights) = &self.class_weights {
+            check_len("class weights", classes, weights.len())?;
+            check_weights("class weight", weights)?;
+        }
+        self.validate()
+    }
+
     /// Checks the options that do not depend on the batch.
     pub fn validate(&self) -> Result<()> {
         let eps = self.label_smoothing;
@@ -298,11 +311,7 @@ impl<'a> Batch<'a> {
             check_len("sample weights", self.batch, weights.len())?;
             check_weights("sample weight", weights)?;
         }
-        if let Some(weights) = &spec.class_weights {
-            check_len("class weights", self.classes, weights.len())?;
-            check_weights("class weight", weights)?;
-        }
-        spec.validate()
+        spec.validate_for(self.classes)
     }
 }
 

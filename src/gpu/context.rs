@@ -450,17 +450,8 @@ impl GpuContext {
         let mut spec = spec.clone();
         spec.gradient = outputs.gradient.is_some();
         spec.row_lse = false;
-        spec.validate()?;
         let (b, c) = (batch.batch, batch.classes);
-        if c == 0 {
-            return Err(Error::NoClasses);
-        }
-        if let Some(weights) = &spec.class_weights {
-            // The host-side checks of class weights, on a one-row stand-in.
-            let logits = vec![0.0; c];
-            Batch::with_labels(&logits, c, &[0]).validate(&spec)?;
-            debug_assert_eq!(weights.len(), c);
-        }
+        spec.validate_for(c)?;
         let dense = matches!(batch.targets, DeviceTargets::Dense(_));
         if dense && spec.ignore_index.is_some() {
             return Err(Error::IgnoreIndexWithDenseTargets);

@@ -393,15 +393,7 @@ fn open_inputs(args: &AuditArgs) -> Result<(Inputs, CrossEntropy)> {
         None => None,
     };
     let spec = args.loss.spec(classes)?;
-    // The options' own rules, on an empty batch of this width.
-    Batch {
-        logits: &[],
-        batch: 0,
-        classes,
-        targets: Targets::Labels(&[]),
-        sample_weights: None,
-    }
-    .validate(&spec)?;
+    spec.validate_for(classes)?;
     Ok((
         Inputs {
             logits,
