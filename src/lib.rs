@@ -67,7 +67,7 @@ pub use engine::{gpu_required, Engine, REQUIRE_GPU_ENV};
 pub use error::{Error, Result};
 pub use gpu::{
     DeviceBatch, DeviceOutputs, DeviceSlice, DeviceTargets, GpuContext, GpuOptions, GradientOutput,
-    KernelVariant, PendingLoss, ReducedLoss,
+    KernelVariant, PendingLoss, ReducedLoss, Roofline,
 };
 pub use output::{Backend, LossOutput, LossStats};
 pub use spec::{Batch, CrossEntropy, InputKind, Reduction, Targets, PROBABILITY_EPSILON};

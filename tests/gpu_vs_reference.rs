@@ -394,3 +394,22 @@ fn caller_device_works() {
         "caller device",
     );
 }
+
+/// The subgroup kernel is the default for wide rows where the adapter has
+/// subgroups, and lavapipe (CI's adapter) has them: the variant the other
+/// tests force really runs there.
+#[test]
+fn subgroup_kernel_is_chosen_where_subgroups_exist() {
+    let Some(engine) = gpu() else { return };
+    let context = engine.gpu_context().expect("a GPU engine");
+    if context.adapter().contains("llvmpipe") {
+        assert!(context.has_subgroups(), "lavapipe exposes subgroups");
+    }
+    let expected = if context.has_subgroups() {
+        KernelVariant::Subgroup
+    } else {
+        KernelVariant::Wide
+    };
+    assert_eq!(context.kernel_for(1000), expected);
+    assert_eq!(context.kernel_for(10), KernelVariant::Narrow);
+}

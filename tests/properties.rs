@@ -27,7 +27,7 @@ proptest! {
         dense in any::<bool>(),
         weighted in any::<bool>(),
         reduction in prop::sample::select(Reduction::ALL.to_vec()),
-        kernel in prop::sample::select(vec![None, Some(KernelVariant::Wide), Some(KernelVariant::Narrow)]),
+        kernel in prop::sample::select(vec![None, Some(KernelVariant::Wide), Some(KernelVariant::Narrow), Some(KernelVariant::Subgroup)]),
     ) {
         let Some(engine) = gpu_with(GpuOptions { kernel, ..Default::default() }) else { return Ok(()) };
         let mut rng = Rng::new(seed);

@@ -51,10 +51,16 @@ enum Command {
     /// suspects.csv and TensorBoard summaries
     #[command(after_help = audit::AUDIT_AFTER_HELP)]
     Audit(audit::AuditArgs),
+    /// Time the loss on synthetic data: kernel and end-to-end medians as
+    /// GB/s, next to the adapter's load-only and copy bandwidth
+    #[command(after_help = bench::BENCH_AFTER_HELP)]
+    Bench(bench::BenchArgs),
 }
 
 #[path = "fused-loss/audit.rs"]
 mod audit;
+#[path = "fused-loss/bench.rs"]
+mod bench;
 #[path = "fused-loss/demo.rs"]
 mod demo;
 
@@ -253,6 +259,7 @@ fn main() -> ExitCode {
         Some(Command::Demo(args)) => demo::demo(&args),
         Some(Command::Compute(args)) => compute(&args),
         Some(Command::Audit(args)) => audit::audit(&args),
+        Some(Command::Bench(args)) => bench::bench(&args),
     };
     if let Some(dir) = runtime_dir {
         let _ = std::fs::remove_dir_all(dir);

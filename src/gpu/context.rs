@@ -7,7 +7,8 @@ use std::sync::{Arc, Mutex};
 
 use futures_intrusive::sync::Mutex as AsyncMutex;
 
-use super::cross_entropy::{self as ce, Chunk, KernelVariant};
+use super::cross_entropy::{self as ce, Chunk, KernelVariant, SubgroupSizes};
+use super::timer::Timer;
 use super::{compute_pipeline, map_read, reduce_partials, shader_source, Kernel, Partial};
 use crate::error::{Error, Result};
 use crate::output::{Backend, LossOutput, LossStats};
@@ -29,6 +30,10 @@ pub struct GpuOptions {
     /// Write the gradient over the uploaded logits instead of into a
     /// separate buffer: no extra B×C device memory.
     pub gradient_in_place: bool,
+    /// Time each call's compute pass with timestamp queries, where the
+    /// adapter has `Features::TIMESTAMP_QUERY`; read it with
+    /// [`GpuContext::last_kernel_time`].
+    pub timestamps: bool,
 }
 
 /// Buffers kept between calls; each grows when a call needs more.
@@ -54,6 +59,7 @@ struct Readback {
     partial_offset: u64,
     gradient_offset: Option<u64>,
     row_stats_offset: Option<u64>,
+    timestamp_offset: Option<u64>,
 }
 
 fn ensure(
@@ -101,6 +107,8 @@ pub struct GpuContext {
     cross_entropy_layout: wgpu::BindGroupLayout,
     wide_pipeline: wgpu::ComputePipeline,
     narrow_pipeline: wgpu::ComputePipeline,
+    /// Built where the device has `Features::SUBGROUP`.
+    subgroup_pipeline: Option<(wgpu::ComputePipeline, SubgroupSizes)>,
     reduce_layout: wgpu::BindGroupLayout,
     reduce_pipeline: wgpu::ComputePipeline,
     gradient_layout: wgpu::BindGroupLayout,
@@ -118,6 +126,7 @@ pub struct GpuContext {
     uniform_stride: u64,
     buffers: AsyncMutex<Buffers>,
     uncaptured: Arc<Mutex<Option<String>>>,
+    timer: Option<Timer>,
 }
 
 impl std::fmt::Debug for GpuContext {
@@ -166,9 +175,15 @@ impl GpuContext {
         let instance =
             wgpu::Instance::new(wgpu::InstanceDescriptor::new_without_display_handle_from_env());
         let adapter = select_adapter(&instance).await?;
+        let wanted = if options.timestamps {
+            wgpu::Features::TIMESTAMP_QUERY | wgpu::Features::SUBGROUP
+        } else {
+            wgpu::Features::SUBGROUP
+        };
         let (device, queue) = adapter
             .request_device(&wgpu::DeviceDescriptor {
                 label: Some("fused-loss"),
+                required_features: adapter.features() & wanted,
                 required_limits: adapter.limits(),
                 ..Default::default()
             })
@@ -200,6 +215,18 @@ impl GpuContext {
         let reduce_layout = reduce_partials::layout(&device);
         let wide_pipeline = pipeline(&device, Kernel::Wide, &cross_entropy_layout);
         let narrow_pipeline = pipeline(&device, Kernel::Narrow, &cross_entropy_layout);
+        let subgroup_pipeline = device
+            .features()
+            .contains(wgpu::Features::SUBGROUP)
+            .then(|| {
+                let info = device.adapter_info();
+                let sizes = SubgroupSizes {
+                    min: info.subgroup_min_size.max(1),
+                    max: info.subgroup_max_size.max(info.subgroup_min_size).max(1),
+                };
+                let pipeline = pipeline(&device, Kernel::Subgroup, &cross_entropy_layout);
+                (pipeline, sizes)
+            });
         let reduce_pipeline = pipeline(&device, Kernel::Reduce, &reduce_layout);
         let gradient_layout = ce::gradient_layout(&device, false);
         let gradient_pipeline = pipeline(&device, Kernel::Gradient, &gradient_layout);
@@ -231,6 +258,9 @@ impl GpuContext {
             / 256
             * 256;
         let uniform_stride = (limits.min_uniform_buffer_offset_alignment as u64).max(64);
+        let timer = (options.timestamps
+            && device.features().contains(wgpu::Features::TIMESTAMP_QUERY))
+        .then(|| Timer::new(&device, &queue));
         Ok(GpuContext {
             device,
             queue,
@@ -238,6 +268,7 @@ impl GpuContext {
             cross_entropy_layout,
             wide_pipeline,
             narrow_pipeline,
+            subgroup_pipeline,
             reduce_layout,
             reduce_pipeline,
             gradient_layout,
@@ -253,6 +284,7 @@ impl GpuContext {
             uniform_stride,
             buffers: AsyncMutex::new(Buffers::default(), false),
             uncaptured,
+            timer,
         })
     }
 
@@ -287,6 +319,32 @@ impl GpuContext {
         self.kernel
     }
 
+    /// Whether the device has subgroups, and so the subgroup kernel.
+    pub fn has_subgroups(&self) -> bool {
+        self.subgroup_pipeline.is_some()
+    }
+
+    /// The kernel that computes rows of `classes` with `passes` passes over
+    /// each row: the forced one where it can, else the default.
+    pub fn kernel_for(&self, classes: usize) -> KernelVariant {
+        self.variant(classes, 1)
+    }
+
+    fn variant(&self, classes: usize, passes: u64) -> KernelVariant {
+        let sizes = self.subgroup_pipeline.as_ref().map(|(_, sizes)| *sizes);
+        self.kernel
+            .unwrap_or_else(|| KernelVariant::for_classes(classes, sizes))
+            .effective(classes, passes, sizes)
+    }
+
+    /// The device's subgroup sizes (a placeholder where it has none: the
+    /// planner only reads them for the subgroup kernel).
+    fn subgroup_sizes(&self) -> SubgroupSizes {
+        self.subgroup_pipeline
+            .as_ref()
+            .map_or(SubgroupSizes { min: 1, max: 1 }, |(_, sizes)| *sizes)
+    }
+
     /// Bytes of device memory the context holds in its buffer pool (uploads,
     /// outputs, partials, row stats, uniforms and staging), not counting
     /// the caller's own buffers.
@@ -312,6 +370,19 @@ impl GpuContext {
             .sum::<u64>()
     }
 
+    /// Whether calls are timed with timestamp queries ([`GpuOptions::timestamps`]
+    /// on an adapter with `TIMESTAMP_QUERY`).
+    pub fn timestamps(&self) -> bool {
+        self.timer.is_some()
+    }
+
+    /// The device time of the last [`GpuContext::compute`] call's compute
+    /// pass (forward kernel, reduction and gradient), from timestamp
+    /// queries; `None` unless [`GpuContext::timestamps`].
+    pub fn last_kernel_time(&self) -> Option<std::time::Duration> {
+        self.timer.as_ref()?.last()
+    }
+
     /// The most logits bytes bound at once; larger inputs are chunked.
     pub fn max_binding_bytes(&self) -> u64 {
         self.max_binding_bytes
@@ -328,16 +399,18 @@ impl GpuContext {
             out.row_lse = spec.row_lse.then(Vec::new);
             return Ok(out);
         }
-        let probabilities = spec.input == InputKind::Probabilities;
-        let variant = self
-            .kernel
-            .unwrap_or_else(|| KernelVariant::for_classes(batch.classes))
-            .effective(batch.classes);
+        let passes = if spec.input == InputKind::Probabilities {
+            2
+        } else {
+            1
+        };
+        let variant = self.variant(batch.classes, passes);
         let chunks = ce::plan(
             variant,
+            self.subgroup_sizes(),
             batch.batch,
             batch.classes,
-            if probabilities { 2 } else { 1 },
+            passes,
             self.max_binding_bytes,
             self.rows_per_group,
             1,
@@ -403,6 +476,9 @@ impl GpuContext {
                         .map(|pair| pair[0])
                         .collect::<Vec<f32>>()
                 });
+                if let (Some(offset), Some(timer)) = (readback.timestamp_offset, &self.timer) {
+                    timer.record(&view[offset as usize..offset as usize + 16]);
+                }
                 (per_example, partial, gradient, row_lse)
             })
             .await?;
@@ -476,21 +552,20 @@ impl GpuContext {
         if b == 0 {
             return Ok(PendingLoss::empty(&self.device, spec.reduction));
         }
-        let variant = self
-            .kernel
-            .unwrap_or_else(|| KernelVariant::for_classes(c))
-            .effective(c);
+        let passes = if spec.input == InputKind::Probabilities {
+            2
+        } else {
+            1
+        };
+        let variant = self.variant(c, passes);
         let row_bytes = c as u64 * 4;
         let row_multiple = (align / gcd(row_bytes, align)) as usize;
         let chunks = ce::plan(
             variant,
+            self.subgroup_sizes(),
             b,
             c,
-            if spec.input == InputKind::Probabilities {
-                2
-            } else {
-                1
-            },
+            passes,
             self.max_binding_bytes,
             self.rows_per_group,
             row_multiple,
@@ -846,6 +921,11 @@ impl GpuContext {
             staging_size = at + batch_bytes * 2;
             at
         });
+        let timestamp_offset = self.timer.as_ref().map(|_| {
+            let at = staging_size.next_multiple_of(16);
+            staging_size = at + 16;
+            at
+        });
         let staging = ensure(
             &mut buffers.staging,
             device,
@@ -879,6 +959,10 @@ impl GpuContext {
         if let (Some(offset), Some(stats)) = (row_stats_offset, &bindings.row_stats) {
             encoder.copy_buffer_to_buffer(&stats.buffer, 0, &staging, offset, stats.size);
         }
+        if let (Some(offset), Some(timer)) = (timestamp_offset, &self.timer) {
+            encoder.resolve_query_set(&timer.queries, 0..2, &timer.resolved, 0);
+            encoder.copy_buffer_to_buffer(&timer.resolved, 0, &staging, offset, 16);
+        }
         queue.submit([encoder.finish()]);
         Readback {
             staging,
@@ -886,6 +970,7 @@ impl GpuContext {
             partial_offset,
             gradient_offset,
             row_stats_offset,
+            timestamp_offset,
         }
     }
 
@@ -968,11 +1053,12 @@ impl GpuContext {
         {
             let mut pass = encoder.begin_compute_pass(&wgpu::ComputePassDescriptor {
                 label: Some("fused-loss"),
-                timestamp_writes: None,
+                timestamp_writes: self.timer.as_ref().map(Timer::writes),
             });
-            pass.set_pipeline(match call.variant {
-                KernelVariant::Wide => &self.wide_pipeline,
-                KernelVariant::Narrow => &self.narrow_pipeline,
+            pass.set_pipeline(match (call.variant, &self.subgroup_pipeline) {
+                (KernelVariant::Narrow, _) => &self.narrow_pipeline,
+                (KernelVariant::Subgroup, Some((subgroup, _))) => subgroup,
+                _ => &self.wide_pipeline,
             });
             for (i, (chunk, group)) in call.chunks.iter().zip(&forward_groups).enumerate() {
                 pass.set_bind_group(0, group, &[(i as u64 * stride) as u32]);
@@ -1254,9 +1340,12 @@ fn pipeline(
     let label = match kernel {
         Kernel::Wide => "cross_entropy_wide",
         Kernel::Narrow => "cross_entropy_narrow",
+        Kernel::Subgroup => "cross_entropy_subgroup",
         Kernel::Reduce => "reduce_partials",
         Kernel::Gradient => "cross_entropy_grad",
         Kernel::GradientInPlace => "cross_entropy_grad_in_place",
+        Kernel::RooflineLoad => "roofline_load",
+        Kernel::RooflineCopy => "roofline_copy",
     };
     compute_pipeline(device, label, Cow::Owned(shader_source(kernel)), layout)
 }

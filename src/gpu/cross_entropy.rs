@@ -13,6 +13,9 @@ pub(crate) const WIDE_WORKGROUP_SIZE: u32 = 128;
 /// Threads per workgroup of the narrow kernel; keep in sync with `WG` in
 /// `cross_entropy_narrow.wgsl`.
 pub(crate) const NARROW_WORKGROUP_SIZE: u32 = 128;
+/// Threads per workgroup of the subgroup kernel; keep in sync with `WG` in
+/// `cross_entropy_subgroup.wgsl`.
+pub(crate) const SUBGROUP_WORKGROUP_SIZE: u32 = 128;
 /// Rows of at most this many classes go to the narrow kernel by default.
 pub(crate) const NARROW_DEFAULT_MAX_CLASSES: usize = 64;
 /// The narrow kernel sums a row sequentially in one invocation; past this
@@ -32,6 +35,14 @@ pub(crate) const GRAD_IN_PLACE_SHADER: &str =
     include_str!("../../shaders/cross_entropy_grad_in_place.wgsl");
 pub(crate) const WIDE_SHADER: &str = include_str!("../../shaders/cross_entropy_wide.wgsl");
 pub(crate) const NARROW_SHADER: &str = include_str!("../../shaders/cross_entropy_narrow.wgsl");
+pub(crate) const SUBGROUP_SHADER: &str = include_str!("../../shaders/cross_entropy_subgroup.wgsl");
+
+/// The subgroup sizes an adapter may use, where it has `Features::SUBGROUP`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) struct SubgroupSizes {
+    pub min: u32,
+    pub max: u32,
+}
 
 /// Which fused kernel computes the rows.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -42,27 +53,49 @@ pub enum KernelVariant {
     /// An invocation per row with no barrier per row. For narrow rows (at
     /// most 256 classes; wider rows use [`KernelVariant::Wide`]).
     Narrow,
+    /// A subgroup per row, combined with subgroup operations: no barrier
+    /// per row. Needs `Features::SUBGROUP`; without it, or for rows too
+    /// long for its loop budget, [`KernelVariant::Wide`] runs instead.
+    Subgroup,
 }
 
 impl KernelVariant {
-    /// The default choice for `classes`.
-    pub fn for_classes(classes: usize) -> KernelVariant {
+    /// The default choice for `classes` on an adapter with or without
+    /// subgroups.
+    pub(crate) fn for_classes(classes: usize, subgroups: Option<SubgroupSizes>) -> KernelVariant {
         if classes <= NARROW_DEFAULT_MAX_CLASSES {
             KernelVariant::Narrow
+        } else if subgroups.is_some() {
+            KernelVariant::Subgroup
         } else {
             KernelVariant::Wide
         }
     }
 
     /// The kernel that runs when `self` is asked for: the narrow kernel
-    /// only takes rows of at most 256 classes.
-    pub fn effective(self, classes: usize) -> KernelVariant {
-        if self == KernelVariant::Narrow && classes > NARROW_MAX_CLASSES {
-            KernelVariant::Wide
-        } else {
-            self
+    /// only takes rows of at most 256 classes, and the subgroup kernel needs
+    /// subgroups and rows within its loop budget.
+    pub(crate) fn effective(
+        self,
+        classes: usize,
+        passes: u64,
+        subgroups: Option<SubgroupSizes>,
+    ) -> KernelVariant {
+        match self {
+            KernelVariant::Narrow if classes > NARROW_MAX_CLASSES => KernelVariant::Wide,
+            KernelVariant::Subgroup => match subgroups {
+                Some(sizes) if classes <= subgroup_max_classes(passes, sizes) => self,
+                _ => KernelVariant::Wide,
+            },
+            _ => self,
         }
     }
+}
+
+/// The most classes a row may have in the subgroup kernel: the lanes of the
+/// smallest subgroup walk it within the loop budget.
+fn subgroup_max_classes(passes: u64, sizes: SubgroupSizes) -> usize {
+    ((TRIP_BUDGET - 4) / passes * sizes.min as u64) as usize
 }
 
 pub(crate) const FLAG_DENSE: u32 = 1;
@@ -118,21 +151,39 @@ pub(crate) struct Chunk {
 
 /// The loop trips one row costs the invocations that work on it: the class
 /// loops plus, for the wide kernel, the workgroup trees.
-fn trips_per_row(variant: KernelVariant, classes: usize, passes: u64) -> u64 {
+fn trips_per_row(variant: KernelVariant, classes: usize, passes: u64, sizes: SubgroupSizes) -> u64 {
     match variant {
         KernelVariant::Wide => {
             passes * (classes as u64).div_ceil(WIDE_WORKGROUP_SIZE as u64) + 2 * 8 + 4
         }
         KernelVariant::Narrow => passes * classes as u64 + 4,
+        KernelVariant::Subgroup => passes * (classes as u64).div_ceil(sizes.min as u64) + 4,
+    }
+}
+
+/// Rows a workgroup works on at once: one for the wide kernel, an
+/// invocation each for the narrow one, and a subgroup each (counting the
+/// fewest subgroups a workgroup can have) for the subgroup kernel.
+fn rows_at_once(variant: KernelVariant, sizes: SubgroupSizes) -> usize {
+    match variant {
+        KernelVariant::Wide => 1,
+        KernelVariant::Narrow => NARROW_WORKGROUP_SIZE as usize,
+        KernelVariant::Subgroup => (SUBGROUP_WORKGROUP_SIZE / sizes.max).max(1) as usize,
     }
 }
 
 /// The most classes one row may have with this kernel on a device whose
 /// bindings hold `max_binding_bytes`.
-pub(crate) fn max_classes(variant: KernelVariant, passes: u64, max_binding_bytes: u64) -> usize {
+pub(crate) fn max_classes(
+    variant: KernelVariant,
+    passes: u64,
+    max_binding_bytes: u64,
+    sizes: SubgroupSizes,
+) -> usize {
     let by_trips = match variant {
         KernelVariant::Wide => (TRIP_BUDGET - 20) / passes * WIDE_WORKGROUP_SIZE as u64,
         KernelVariant::Narrow => (TRIP_BUDGET - 4) / passes,
+        KernelVariant::Subgroup => subgroup_max_classes(passes, sizes) as u64,
     };
     by_trips.min(max_binding_bytes / 4) as usize
 }
@@ -141,8 +192,10 @@ pub(crate) fn max_classes(variant: KernelVariant, passes: u64, max_binding_bytes
 /// chooses each chunk's workgroups. `rows_per_group` overrides the choice,
 /// within the loop-trip budget. Every chunk but the last has a multiple of
 /// `row_multiple` rows, so that chunk offsets inside one buffer stay aligned.
+#[allow(clippy::too_many_arguments)]
 pub(crate) fn plan(
     variant: KernelVariant,
+    sizes: SubgroupSizes,
     batch: usize,
     classes: usize,
     passes: u64,
@@ -150,7 +203,7 @@ pub(crate) fn plan(
     rows_per_group: Option<u32>,
     row_multiple: usize,
 ) -> Result<Vec<Chunk>> {
-    let max_classes = max_classes(variant, passes, max_binding_bytes);
+    let max_classes = max_classes(variant, passes, max_binding_bytes, sizes);
     if classes > max_classes {
         return Err(Error::RowTooLarge {
             classes,
@@ -170,12 +223,9 @@ pub(crate) fn plan(
         });
     }
     // Rows one invocation walks per workgroup row.
-    let lanes = match variant {
-        KernelVariant::Wide => 1,
-        KernelVariant::Narrow => NARROW_WORKGROUP_SIZE as usize,
-    };
+    let lanes = rows_at_once(variant, sizes);
     let max_rows_per_group =
-        lanes * (TRIP_BUDGET / trips_per_row(variant, classes, passes)).max(1) as usize;
+        lanes * (TRIP_BUDGET / trips_per_row(variant, classes, passes, sizes)).max(1) as usize;
     let mut chunks = Vec::new();
     let (mut first_row, mut group_base) = (0usize, 0u32);
     while first_row < batch {
@@ -289,9 +339,21 @@ pub(crate) fn reduction_code(reduction: crate::Reduction) -> u32 {
 mod tests {
     use super::*;
 
+    const LAVAPIPE: SubgroupSizes = SubgroupSizes { min: 8, max: 8 };
+
     #[test]
     fn plan_chunks_by_binding_size() {
-        let chunks = plan(KernelVariant::Wide, 64, 600_000, 1, 128 << 20, None, 1).unwrap();
+        let chunks = plan(
+            KernelVariant::Wide,
+            LAVAPIPE,
+            64,
+            600_000,
+            1,
+            128 << 20,
+            None,
+            1,
+        )
+        .unwrap();
         assert_eq!(chunks.len(), 2);
         assert_eq!(chunks[0].rows, 55);
         assert_eq!(chunks[1].first_row, 55);
@@ -301,20 +363,26 @@ mod tests {
 
     #[test]
     fn plan_keeps_trip_count_under_budget() {
+        let variants = [
+            KernelVariant::Wide,
+            KernelVariant::Narrow,
+            KernelVariant::Subgroup,
+        ];
         for classes in [1, 10, 64, 1000, 50_000, 600_000] {
-            for variant in [KernelVariant::Wide, KernelVariant::Narrow] {
-                let Ok(chunks) = plan(variant, 200_000, classes, 2, u64::MAX / 4, None, 1) else {
-                    assert!(classes > max_classes(variant, 2, u64::MAX / 4));
+            for (variant, sizes) in variants
+                .into_iter()
+                .flat_map(|v| [LAVAPIPE, SubgroupSizes { min: 4, max: 128 }].map(|s| (v, s)))
+            {
+                let Ok(chunks) = plan(variant, sizes, 200_000, classes, 2, u64::MAX / 4, None, 1)
+                else {
+                    assert!(classes > max_classes(variant, 2, u64::MAX / 4, sizes));
                     continue;
                 };
-                let lanes = if variant == KernelVariant::Wide {
-                    1
-                } else {
-                    NARROW_WORKGROUP_SIZE as u64
-                };
+                // The fewest rows at once means the most rows per invocation.
+                let lanes = rows_at_once(variant, sizes) as u64;
                 for chunk in chunks {
                     let rows_per_invocation = (chunk.rows_per_group as u64).div_ceil(lanes);
-                    let trips = rows_per_invocation * trips_per_row(variant, classes, 2);
+                    let trips = rows_per_invocation * trips_per_row(variant, classes, 2, sizes);
                     assert!(
                         trips <= TRIP_BUDGET,
                         "{variant:?} C={classes}: {trips} trips"
@@ -327,7 +395,17 @@ mod tests {
     #[test]
     fn plan_aligns_chunks_when_asked() {
         // 10 classes of f32 are 40 bytes: 32 rows make 1280 bytes, a multiple of 256.
-        let chunks = plan(KernelVariant::Narrow, 1000, 10, 1, 10_000, None, 32).unwrap();
+        let chunks = plan(
+            KernelVariant::Narrow,
+            LAVAPIPE,
+            1000,
+            10,
+            1,
+            10_000,
+            None,
+            32,
+        )
+        .unwrap();
         assert!(chunks.iter().all(|c| c.first_row % 32 == 0));
         assert_eq!(chunks[0].rows, 224);
     }
@@ -335,7 +413,16 @@ mod tests {
     #[test]
     fn plan_rejects_huge_rows() {
         assert!(matches!(
-            plan(KernelVariant::Wide, 1, 100_000_000, 1, 1 << 40, None, 1),
+            plan(
+                KernelVariant::Wide,
+                LAVAPIPE,
+                1,
+                100_000_000,
+                1,
+                1 << 40,
+                None,
+                1
+            ),
             Err(Error::RowTooLarge { .. })
         ));
     }

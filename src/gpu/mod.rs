@@ -4,6 +4,8 @@ mod context;
 pub(crate) mod cross_entropy;
 mod diagnostics;
 pub(crate) mod reduce_partials;
+mod roofline;
+mod timer;
 
 pub use context::{
     DeviceBatch, DeviceOutputs, DeviceSlice, DeviceTargets, GpuContext, GpuOptions, GradientOutput,
@@ -11,6 +13,7 @@ pub use context::{
 };
 pub use cross_entropy::KernelVariant;
 pub use diagnostics::GpuDiagnostics;
+pub use roofline::{Roofline, Timing};
 
 /// `shaders/partial.wgsl`: the partial and its compensated arithmetic,
 /// prepended to every kernel.
@@ -31,6 +34,12 @@ pub(crate) fn shader_source(kernel: Kernel) -> String {
             ce::FORWARD_SHADER,
             ce::NARROW_SHADER,
         ],
+        Kernel::Subgroup => &[
+            PARTIAL_SHADER,
+            ce::ROW_SHADER,
+            ce::FORWARD_SHADER,
+            ce::SUBGROUP_SHADER,
+        ],
         Kernel::Reduce => &[PARTIAL_SHADER, reduce_partials::SHADER],
         Kernel::Gradient => &[
             PARTIAL_SHADER,
@@ -44,6 +53,8 @@ pub(crate) fn shader_source(kernel: Kernel) -> String {
             ce::GRAD_ROW_SHADER,
             ce::GRAD_IN_PLACE_SHADER,
         ],
+        Kernel::RooflineLoad => &[roofline::LOAD_SHADER],
+        Kernel::RooflineCopy => &[roofline::COPY_SHADER],
     };
     parts.concat()
 }
@@ -53,19 +64,25 @@ pub(crate) fn shader_source(kernel: Kernel) -> String {
 pub(crate) enum Kernel {
     Wide,
     Narrow,
+    Subgroup,
     Reduce,
     Gradient,
     GradientInPlace,
+    RooflineLoad,
+    RooflineCopy,
 }
 
 impl Kernel {
     #[cfg(test)]
-    pub(crate) const ALL: [Kernel; 5] = [
+    pub(crate) const ALL: [Kernel; 8] = [
         Kernel::Wide,
         Kernel::Narrow,
+        Kernel::Subgroup,
         Kernel::Reduce,
         Kernel::Gradient,
         Kernel::GradientInPlace,
+        Kernel::RooflineLoad,
+        Kernel::RooflineCopy,
     ];
 }
 
@@ -210,12 +227,16 @@ mod tests {
             let source = shader_source(kernel);
             let module = naga::front::wgsl::parse_str(&source)
                 .unwrap_or_else(|e| panic!("{name}: {}", e.emit_to_string(&source)));
-            naga::valid::Validator::new(
-                naga::valid::ValidationFlags::all(),
-                naga::valid::Capabilities::empty(),
-            )
-            .validate(&module)
-            .unwrap_or_else(|e| panic!("{name}: {e:?}"));
+            let capabilities = if kernel == Kernel::Subgroup {
+                naga::valid::Capabilities::SUBGROUP
+            } else {
+                naga::valid::Capabilities::empty()
+            };
+            naga::valid::Validator::new(naga::valid::ValidationFlags::all(), capabilities)
+                .subgroup_stages(naga::valid::ShaderStages::COMPUTE)
+                .subgroup_operations(naga::valid::SubgroupOperationSet::all())
+                .validate(&module)
+                .unwrap_or_else(|e| panic!("{name}: {e:?}"));
         }
     }
 
@@ -230,6 +251,10 @@ mod tests {
             "const WG: u32 = {}u;",
             cross_entropy::NARROW_WORKGROUP_SIZE
         )));
+        assert!(cross_entropy::SUBGROUP_SHADER.contains(&format!(
+            "const WG: u32 = {}u;",
+            cross_entropy::SUBGROUP_WORKGROUP_SIZE
+        )));
         assert!(cross_entropy::GRAD_ROW_SHADER.contains(&format!(
             "const WG: u32 = {}u;",
             cross_entropy::GRAD_WORKGROUP_SIZE
@@ -238,6 +263,9 @@ mod tests {
             "const WG: u32 = {}u;",
             reduce_partials::WORKGROUP_SIZE
         )));
+        for shader in [roofline::LOAD_SHADER, roofline::COPY_SHADER] {
+            assert!(shader.contains(&format!("const WG: u32 = {}u;", roofline::WORKGROUP_SIZE)));
+        }
     }
 
     #[test]

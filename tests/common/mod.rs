@@ -24,15 +24,19 @@ pub fn gpu_with(options: GpuOptions) -> Option<Engine> {
 /// One GPU engine per kernel variant, each forced for every shape, so that
 /// every variant is compared with the reference.
 pub fn gpu_variants() -> Vec<Engine> {
-    [KernelVariant::Wide, KernelVariant::Narrow]
-        .into_iter()
-        .filter_map(|kernel| {
-            gpu_with(GpuOptions {
-                kernel: Some(kernel),
-                ..Default::default()
-            })
+    [
+        KernelVariant::Wide,
+        KernelVariant::Narrow,
+        KernelVariant::Subgroup,
+    ]
+    .into_iter()
+    .filter_map(|kernel| {
+        gpu_with(GpuOptions {
+            kernel: Some(kernel),
+            ..Default::default()
         })
-        .collect()
+    })
+    .collect()
 }
 
 /// A small deterministic generator (SplitMix64) so tests need no seeds crate.
