@@ -13,6 +13,7 @@ const FLAG_SMOOTHING: u32 = 32u;
 const FLAG_SOFTCAP: u32 = 64u;
 const FLAG_Z_LOSS: u32 = 128u;
 const FLAG_ROW_STATS: u32 = 256u;
+const FLAG_VEC4: u32 = 512u;       // rows may be read as vec4s (C % 4 == 0)
 const PROB_EPS: f32 = 1e-7;
 
 // Keep in sync with gpu::cross_entropy::Params.

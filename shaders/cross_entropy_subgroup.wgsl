@@ -5,13 +5,89 @@
 // subgroup order. Needs `Features::SUBGROUP`. Subgroup s of a workgroup
 // takes rows first + s, first + s + num_subgroups, ... Prepended with
 // partial.wgsl, cross_entropy_row.wgsl and cross_entropy_forward.wgsl.
-// Host side: src/gpu/cross_entropy.rs.
+// Prepended also with logits_vec4_binding.wgsl or logits_vec4_scalar.wgsl
+// (`load4`). Host side: src/gpu/cross_entropy.rs.
 
 // Keep in sync with gpu::cross_entropy::SUBGROUP_WORKGROUP_SIZE.
 const WG: u32 = 128u;
 
 // One slot per subgroup; subgroups hold at least one invocation.
 var<workgroup> subgroup_partials: array<Partial, WG>;
+
+// A lane's online (max, Σ exp) over classes lo, lo + step, ... when no class
+// sums are needed: four loads a trip and one rescale per four classes.
+fn plain_logit_sums(base: u32, lo: u32, step: u32) -> RowSums {
+    var state = vec2<f32>(bitcast<f32>(0xff800000u), 0.0);
+    var bad = 0u;
+    let classes = params.classes;
+    var c = lo;
+    for (; c + 3u * step < classes; c += 4u * step) {
+        let r0 = logits[base + c];
+        let r1 = logits[base + c + step];
+        let r2 = logits[base + c + 2u * step];
+        let r3 = logits[base + c + 3u * step];
+        let r = vec4<f32>(r0, r1, r2, r3);
+        bad |= poison4(r);
+        state = push4(state, soft_cap4(r));
+    }
+    for (; c < classes; c += step) {
+        let raw = logits[base + c];
+        bad |= u32(is_poison(raw));
+        state = lse_push(state, soft_cap(raw));
+    }
+    return RowSums(state, 0.0, 0.0, bad);
+}
+
+// Folds four soft-capped logits into a lane's (max, Σ exp) with one rescale.
+fn push4(state: vec2<f32>, x: vec4<f32>) -> vec2<f32> {
+    var m = state.x;
+    var s = state.y;
+    let top = max(max(x.x, x.y), max(x.z, x.w));
+    if top > m {
+        if s > 0.0 {
+            s *= exp(m - top);
+        }
+        m = top;
+    }
+    if !is_neg_inf(m) {
+        let e = exp(x - vec4<f32>(m));
+        s += (e.x + e.y) + (e.z + e.w);
+    }
+    return vec2<f32>(m, s);
+}
+
+fn poison4(r: vec4<f32>) -> u32 {
+    return u32(is_poison(r.x)) | u32(is_poison(r.y)) | u32(is_poison(r.z)) | u32(is_poison(r.w));
+}
+
+fn soft_cap4(r: vec4<f32>) -> vec4<f32> {
+    if has(FLAG_SOFTCAP) {
+        return params.softcap * tanh(r / params.softcap);
+    }
+    return r;
+}
+
+// `plain_logit_sums` over vec4s: lane `lo` takes vec4s lo, lo + step, ...,
+// two loads a trip. The row starts at a multiple of 4 (FLAG_VEC4).
+fn plain_logit_sums_vec4(base: u32, lo: u32, step: u32) -> RowSums {
+    var state = vec2<f32>(bitcast<f32>(0xff800000u), 0.0);
+    var bad = 0u;
+    let first = base / 4u;
+    let count = params.classes / 4u;
+    var v = lo;
+    for (; v + step < count; v += 2u * step) {
+        let r0 = load4(first + v);
+        let r1 = load4(first + v + step);
+        bad |= poison4(r0) | poison4(r1);
+        state = push4(push4(state, soft_cap4(r0)), soft_cap4(r1));
+    }
+    if v < count {
+        let r = load4(first + v);
+        bad |= poison4(r);
+        state = push4(state, soft_cap4(r));
+    }
+    return RowSums(state, 0.0, 0.0, bad);
+}
 
 // Combines the lanes' shares of a row of logits.
 fn subgroup_logit_sums(local: RowSums) -> RowSums {
@@ -58,7 +134,13 @@ fn main(
             sums = RowSums(vec2<f32>(0.0), acc, 0.0, u32(bad));
         } else {
             pivot = row_pivot(base);
-            sums = subgroup_logit_sums(logit_sums(base, pivot, lane, lanes));
+            if needs_class_sums() {
+                sums = subgroup_logit_sums(logit_sums(base, pivot, lane, lanes));
+            } else if has(FLAG_VEC4) {
+                sums = subgroup_logit_sums(plain_logit_sums_vec4(base, lane, lanes));
+            } else {
+                sums = subgroup_logit_sums(plain_logit_sums(base, lane, lanes));
+            }
         }
         if lane == 0u {
             finish_row(local_row, sums, pivot, prob_total, &partial);

@@ -9,6 +9,9 @@
 # without a toolchain, point FUSED_LOSS_BIN at a prebuilt `fused-loss` and
 # FUSED_LOSS_TEST_DIR at a folder of prebuilt test executables
 # (`cargo test --release --no-run` lists them).
+# PARTS="bench tests" (the default) picks what runs, in that order; each
+# prebuilt test executable runs under `timeout TEST_TIMEOUT` (default 300 s),
+# test by test, so that one stuck test is named and the rest still run.
 # Results: OUT_DIR/tests.log, OUT_DIR/bench.jsonl (default OUT_DIR: gpu-bench).
 set -u
 out=${1:-gpu-bench}
@@ -17,29 +20,41 @@ bin=${FUSED_LOSS_BIN:-target/release/fused-loss}
 export FUSED_LOSS_REQUIRE_GPU=1
 export WGPU_BACKEND=${WGPU_BACKEND:-vulkan}
 iters=${ITERS:-10}
+parts=${PARTS:-bench tests}
+test_timeout=${TEST_TIMEOUT:-300}
 
 if [ -z "${FUSED_LOSS_BIN:-}" ]; then
     cargo build --release || exit 1
 fi
 
 status=0
-{
+run_tests() {
     if [ -n "${FUSED_LOSS_TEST_DIR:-}" ]; then
         for test in "$FUSED_LOSS_TEST_DIR"/*; do
             echo "== $(basename "$test")"
-            "$test" --test-threads 4 2>&1 | grep -E '^test result|FAILED|panicked' || true
-            [ "${PIPESTATUS[0]}" -eq 0 ] || status=1
+            for name in $("$test" --list 2>/dev/null | sed -n 's/: test$//p'); do
+                timeout "$test_timeout" "$test" --exact "$name" --test-threads 1 \
+                    > /tmp/one-test.log 2>&1
+                rc=$?
+                if [ $rc -ne 0 ]; then
+                    status=1
+                    echo "FAILED ($([ $rc -eq 124 ] && echo "timed out" || echo "exit $rc")): $name"
+                    tail -20 /tmp/one-test.log
+                else
+                    echo "ok: $name"
+                fi
+            done
         done
     else
         cargo test --release 2>&1 || status=1
     fi
-} > "$out/tests.log"
-echo "tests: $([ $status -eq 0 ] && echo passed || echo FAILED) (see $out/tests.log)"
+}
 
 run() {
-    "$bin" bench --json --iters "$iters" --warmup 2 "$@" || echo "{\"failed\": \"$*\"}"
+    timeout 120 "$bin" bench --json --iters "$iters" --warmup 2 "$@" \
+        || echo "{\"failed\": \"$*\"}"
 }
-{
+run_benches() {
     run --batch 32 --classes 10
     run --batch 65536 --classes 10
     run --batch 1048576 --classes 10
@@ -50,6 +65,18 @@ run() {
         done
         run --batch "$1" --classes "$2" --grad
     done
-} > "$out/bench.jsonl"
-echo "benches: $(wc -l < "$out/bench.jsonl") runs in $out/bench.jsonl"
+}
+
+for part in $parts; do
+    case $part in
+        bench)
+            run_benches > "$out/bench.jsonl"
+            echo "benches: $(wc -l < "$out/bench.jsonl") runs in $out/bench.jsonl"
+            ;;
+        tests)
+            run_tests > "$out/tests.log"
+            echo "tests: $([ $status -eq 0 ] && echo passed || echo FAILED) (see $out/tests.log)"
+            ;;
+    esac
+done
 exit $status

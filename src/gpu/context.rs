@@ -30,6 +30,11 @@ pub struct GpuOptions {
     /// Write the gradient over the uploaded logits instead of into a
     /// separate buffer: no extra B×C device memory.
     pub gradient_in_place: bool,
+    /// Read rows as `vec4`s in the subgroup kernel when the class count is
+    /// a multiple of 4: `None` chooses by adapter (on for GPUs, off for
+    /// CPU-type adapters such as lavapipe, whose vector units prefer scalar
+    /// loads across lanes).
+    pub vector_loads: Option<bool>,
     /// Time each call's compute pass with timestamp queries, where the
     /// adapter has `Features::TIMESTAMP_QUERY`; read it with
     /// [`GpuContext::last_kernel_time`].
@@ -109,6 +114,9 @@ pub struct GpuContext {
     narrow_pipeline: wgpu::ComputePipeline,
     /// Built where the device has `Features::SUBGROUP`.
     subgroup_pipeline: Option<(wgpu::ComputePipeline, SubgroupSizes)>,
+    /// The subgroup kernel with vec4 loads and its layout, where the device
+    /// has subgroups and 9 storage bindings per stage.
+    subgroup_vec4: Option<(wgpu::ComputePipeline, wgpu::BindGroupLayout)>,
     reduce_layout: wgpu::BindGroupLayout,
     reduce_pipeline: wgpu::ComputePipeline,
     gradient_layout: wgpu::BindGroupLayout,
@@ -123,6 +131,7 @@ pub struct GpuContext {
     max_binding_bytes: u64,
     rows_per_group: Option<u32>,
     kernel: Option<KernelVariant>,
+    vector_loads: bool,
     uniform_stride: u64,
     buffers: AsyncMutex<Buffers>,
     uncaptured: Arc<Mutex<Option<String>>>,
@@ -228,6 +237,12 @@ impl GpuContext {
                 (pipeline, sizes)
             });
         let reduce_pipeline = pipeline(&device, Kernel::Reduce, &reduce_layout);
+        let subgroup_vec4 = (subgroup_pipeline.is_some()
+            && device.limits().max_storage_buffers_per_shader_stage >= 9)
+            .then(|| {
+                let layout = ce::vec4_layout(&device);
+                (pipeline(&device, Kernel::SubgroupVec4, &layout), layout)
+            });
         let gradient_layout = ce::gradient_layout(&device, false);
         let gradient_pipeline = pipeline(&device, Kernel::Gradient, &gradient_layout);
         let gradient_in_place_layout = ce::gradient_layout(&device, true);
@@ -258,6 +273,10 @@ impl GpuContext {
             / 256
             * 256;
         let uniform_stride = (limits.min_uniform_buffer_offset_alignment as u64).max(64);
+        let vector_loads = subgroup_vec4.is_some()
+            && options
+                .vector_loads
+                .unwrap_or(device.adapter_info().device_type != wgpu::DeviceType::Cpu);
         let timer = (options.timestamps
             && device.features().contains(wgpu::Features::TIMESTAMP_QUERY))
         .then(|| Timer::new(&device, &queue));
@@ -269,6 +288,7 @@ impl GpuContext {
             wide_pipeline,
             narrow_pipeline,
             subgroup_pipeline,
+            subgroup_vec4,
             reduce_layout,
             reduce_pipeline,
             gradient_layout,
@@ -281,6 +301,7 @@ impl GpuContext {
             max_binding_bytes: max_binding_bytes.max(256),
             rows_per_group: options.rows_per_group,
             kernel: options.kernel,
+            vector_loads,
             uniform_stride,
             buffers: AsyncMutex::new(Buffers::default(), false),
             uncaptured,
@@ -699,7 +720,8 @@ impl GpuContext {
             | flag_if(spec.label_smoothing > 0.0, ce::FLAG_SMOOTHING)
             | flag_if(spec.softcap.is_some(), ce::FLAG_SOFTCAP)
             | flag_if(spec.z_loss > 0.0, ce::FLAG_Z_LOSS)
-            | flag_if(call.row_stats(), ce::FLAG_ROW_STATS);
+            | flag_if(call.row_stats(), ce::FLAG_ROW_STATS)
+            | flag_if(call.vec4(self.vector_loads), ce::FLAG_VEC4);
         let class_weight_sum = spec
             .class_weights
             .as_ref()
@@ -1008,9 +1030,16 @@ impl GpuContext {
                 b.partials.entry(7),
                 row_stats.entry(8),
             ]);
+            let vec4 = call.vec4(self.vector_loads);
+            if vec4 {
+                entries.push(chunk.logits.entry(9));
+            }
             forward_groups.push(device.create_bind_group(&wgpu::BindGroupDescriptor {
                 label: Some("cross_entropy"),
-                layout: &self.cross_entropy_layout,
+                layout: match &self.subgroup_vec4 {
+                    Some((_, layout)) if vec4 => layout,
+                    _ => &self.cross_entropy_layout,
+                },
                 entries: &entries,
             }));
             if call.spec.gradient {
@@ -1055,11 +1084,18 @@ impl GpuContext {
                 label: Some("fused-loss"),
                 timestamp_writes: self.timer.as_ref().map(Timer::writes),
             });
-            pass.set_pipeline(match (call.variant, &self.subgroup_pipeline) {
-                (KernelVariant::Narrow, _) => &self.narrow_pipeline,
-                (KernelVariant::Subgroup, Some((subgroup, _))) => subgroup,
-                _ => &self.wide_pipeline,
-            });
+            pass.set_pipeline(
+                match (call.variant, &self.subgroup_pipeline, &self.subgroup_vec4) {
+                    (KernelVariant::Narrow, _, _) => &self.narrow_pipeline,
+                    (KernelVariant::Subgroup, _, Some((vec4, _)))
+                        if call.vec4(self.vector_loads) =>
+                    {
+                        vec4
+                    }
+                    (KernelVariant::Subgroup, Some((subgroup, _)), _) => subgroup,
+                    _ => &self.wide_pipeline,
+                },
+            );
             for (i, (chunk, group)) in call.chunks.iter().zip(&forward_groups).enumerate() {
                 pass.set_bind_group(0, group, &[(i as u64 * stride) as u32]);
                 let (x, y) = ce::dispatch_size(chunk.groups);
@@ -1284,6 +1320,13 @@ impl Call<'_> {
     fn row_stats(&self) -> bool {
         self.spec.gradient || self.spec.row_lse
     }
+
+    /// Whether the subgroup kernel reads the rows as vec4s.
+    fn vec4(&self, vector_loads: bool) -> bool {
+        vector_loads
+            && self.variant == KernelVariant::Subgroup
+            && self.shape.classes.is_multiple_of(4)
+    }
 }
 
 /// A buffer range bound as one storage binding.
@@ -1341,6 +1384,7 @@ fn pipeline(
         Kernel::Wide => "cross_entropy_wide",
         Kernel::Narrow => "cross_entropy_narrow",
         Kernel::Subgroup => "cross_entropy_subgroup",
+        Kernel::SubgroupVec4 => "cross_entropy_subgroup_vec4",
         Kernel::Reduce => "reduce_partials",
         Kernel::Gradient => "cross_entropy_grad",
         Kernel::GradientInPlace => "cross_entropy_grad_in_place",

@@ -36,6 +36,8 @@ pub(crate) const GRAD_IN_PLACE_SHADER: &str =
 pub(crate) const WIDE_SHADER: &str = include_str!("../../shaders/cross_entropy_wide.wgsl");
 pub(crate) const NARROW_SHADER: &str = include_str!("../../shaders/cross_entropy_narrow.wgsl");
 pub(crate) const SUBGROUP_SHADER: &str = include_str!("../../shaders/cross_entropy_subgroup.wgsl");
+pub(crate) const VEC4_BINDING_SHADER: &str = include_str!("../../shaders/logits_vec4_binding.wgsl");
+pub(crate) const VEC4_SCALAR_SHADER: &str = include_str!("../../shaders/logits_vec4_scalar.wgsl");
 
 /// The subgroup sizes an adapter may use, where it has `Features::SUBGROUP`.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -107,6 +109,7 @@ pub(crate) const FLAG_SMOOTHING: u32 = 32;
 pub(crate) const FLAG_SOFTCAP: u32 = 64;
 pub(crate) const FLAG_Z_LOSS: u32 = 128;
 pub(crate) const FLAG_ROW_STATS: u32 = 256;
+pub(crate) const FLAG_VEC4: u32 = 512;
 
 /// Loop iterations one invocation may run. lavapipe silently stops a loop
 /// after 65,535 (DESIGN §5); this leaves a wide margin.
@@ -293,6 +296,26 @@ pub(crate) fn layout(device: &wgpu::Device) -> wgpu::BindGroupLayout {
             storage_entry(6, false), // per-example losses
             storage_entry(7, false), // partials
             storage_entry(8, false), // row stats (lse, Σ a_c / s)
+        ],
+    })
+}
+
+/// The subgroup kernel's bindings with vec4 loads: the forward bindings and
+/// the logits chunk again, as vec4s.
+pub(crate) fn vec4_layout(device: &wgpu::Device) -> wgpu::BindGroupLayout {
+    device.create_bind_group_layout(&wgpu::BindGroupLayoutDescriptor {
+        label: Some("cross_entropy_vec4"),
+        entries: &[
+            uniform_entry(0, std::mem::size_of::<Params>()),
+            storage_entry(1, true),
+            storage_entry(2, true),
+            storage_entry(3, true),
+            storage_entry(4, true),
+            storage_entry(5, true),
+            storage_entry(6, false),
+            storage_entry(7, false),
+            storage_entry(8, false),
+            storage_entry(9, true), // the logits chunk as vec4s
         ],
     })
 }

@@ -38,6 +38,14 @@ pub(crate) fn shader_source(kernel: Kernel) -> String {
             PARTIAL_SHADER,
             ce::ROW_SHADER,
             ce::FORWARD_SHADER,
+            ce::VEC4_SCALAR_SHADER,
+            ce::SUBGROUP_SHADER,
+        ],
+        Kernel::SubgroupVec4 => &[
+            PARTIAL_SHADER,
+            ce::ROW_SHADER,
+            ce::FORWARD_SHADER,
+            ce::VEC4_BINDING_SHADER,
             ce::SUBGROUP_SHADER,
         ],
         Kernel::Reduce => &[PARTIAL_SHADER, reduce_partials::SHADER],
@@ -65,6 +73,7 @@ pub(crate) enum Kernel {
     Wide,
     Narrow,
     Subgroup,
+    SubgroupVec4,
     Reduce,
     Gradient,
     GradientInPlace,
@@ -74,10 +83,11 @@ pub(crate) enum Kernel {
 
 impl Kernel {
     #[cfg(test)]
-    pub(crate) const ALL: [Kernel; 8] = [
+    pub(crate) const ALL: [Kernel; 9] = [
         Kernel::Wide,
         Kernel::Narrow,
         Kernel::Subgroup,
+        Kernel::SubgroupVec4,
         Kernel::Reduce,
         Kernel::Gradient,
         Kernel::GradientInPlace,
@@ -227,7 +237,7 @@ mod tests {
             let source = shader_source(kernel);
             let module = naga::front::wgsl::parse_str(&source)
                 .unwrap_or_else(|e| panic!("{name}: {}", e.emit_to_string(&source)));
-            let capabilities = if kernel == Kernel::Subgroup {
+            let capabilities = if matches!(kernel, Kernel::Subgroup | Kernel::SubgroupVec4) {
                 naga::valid::Capabilities::SUBGROUP
             } else {
                 naga::valid::Capabilities::empty()

@@ -22,17 +22,20 @@ pub fn gpu_with(options: GpuOptions) -> Option<Engine> {
 }
 
 /// One GPU engine per kernel variant, each forced for every shape, so that
-/// every variant is compared with the reference.
+/// every variant is compared with the reference; the subgroup kernel both
+/// with scalar and with vec4 loads.
 pub fn gpu_variants() -> Vec<Engine> {
     [
-        KernelVariant::Wide,
-        KernelVariant::Narrow,
-        KernelVariant::Subgroup,
+        (KernelVariant::Wide, None),
+        (KernelVariant::Narrow, None),
+        (KernelVariant::Subgroup, Some(false)),
+        (KernelVariant::Subgroup, Some(true)),
     ]
     .into_iter()
-    .filter_map(|kernel| {
+    .filter_map(|(kernel, vector_loads)| {
         gpu_with(GpuOptions {
             kernel: Some(kernel),
+            vector_loads,
             ..Default::default()
         })
     })
