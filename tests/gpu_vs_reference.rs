@@ -146,7 +146,7 @@ fn every_option_and_reduction_matches_reference() {
     let engines = gpu_variants();
     let mut rng = Rng::new(7);
     let mut runs = 0;
-    for &(batch, classes) in &[(1usize, 1usize), (9, 3), (40, 130), (6, 1001)] {
+    for &(batch, classes) in &[(1usize, 1usize), (9, 3), (40, 130), (6, 1001), (7, 260)] {
         for probabilities in [false, true] {
             let case = Case::new(&mut rng, batch, classes, probabilities);
             let class_weights: Vec<f32> = (0..classes)
@@ -216,7 +216,7 @@ fn every_option_and_reduction_matches_reference() {
             }
         }
     }
-    assert_eq!(runs, 4 * 2 * 4 * 2 * 2 * 3 * 5);
+    assert_eq!(runs, 5 * 2 * 4 * 2 * 2 * 3 * 5);
 }
 
 #[test]
@@ -262,23 +262,35 @@ fn extreme_logits_match_reference() {
 
 #[test]
 fn non_finite_rows_propagate_and_are_counted() {
-    for engine in gpu_variants() {
+    // 4 and 12 classes take the vec4 loads of the subgroup kernel.
+    for (engine, classes) in gpu_variants().into_iter().flat_map(|e| {
+        let e = std::rc::Rc::new(e);
+        [3usize, 4, 12].map(|c| (std::rc::Rc::clone(&e), c))
+    }) {
         let nan = f32::NAN;
         let inf = f32::INFINITY;
         let ninf = f32::NEG_INFINITY;
-        let logits = vec![
-            0.0, 1.0, 2.0, //
-            nan, 1.0, 2.0, //
-            0.0, inf, 2.0, //
-            ninf, ninf, ninf, //
-            nan, nan, nan, // ignored: counts as 0
-            ninf, 1.0, 2.0, // label on a masked class: +inf
+        let rows = [
+            ([0.0, 1.0, 2.0], 0.5),
+            ([nan, 1.0, 2.0], 0.5),
+            ([0.0, inf, 2.0], 0.5),
+            ([ninf, ninf, ninf], ninf),
+            ([nan, nan, nan], nan),  // ignored: counts as 0
+            ([ninf, 1.0, 2.0], 0.5), // label on a masked class: +inf
         ];
+        let logits: Vec<f32> = rows
+            .iter()
+            .flat_map(|(head, fill)| {
+                head.iter()
+                    .copied()
+                    .chain(std::iter::repeat_n(*fill, classes - 3))
+            })
+            .collect();
         let labels = vec![0, 1, 1, 0, -1, 0];
         let spec = CrossEntropy::new()
             .with_ignore_index(-1)
             .with_reduction(Reduction::Mean);
-        let batch = Batch::with_labels(&logits, 3, &labels);
+        let batch = Batch::with_labels(&logits, classes, &labels);
         check(&engine, &spec, &batch, "non-finite");
         let out = engine.compute_blocking(&spec, &batch).unwrap();
         assert_eq!(out.stats.nonfinite_rows, 4);
