@@ -494,7 +494,13 @@ pub(crate) fn audit(args: &AuditArgs) -> Result<()> {
             let result = (|| -> Result<()> {
                 let out = engine.compute_blocking(&spec, &chunk)?;
                 let scores = scorer.scores_blocking(&spec, &chunk)?;
-                diagnostics.update(first as u64, &out, &scores, spec.ignore_index)?;
+                diagnostics.update_with_blocking(
+                    &scorer,
+                    first as u64,
+                    &out,
+                    &scores,
+                    spec.ignore_index,
+                )?;
                 writer
                     .extend(out.per_example.iter().copied())
                     .map_err(io_error(&per_example_temp))
