@@ -279,6 +279,24 @@ fn histogram_and_top_k_equal_a_straightforward_computation() {
 
 #[test]
 fn chunked_audit_equals_one_shot() {
+    chunked_audit_equals_one_shot_on("cpu");
+}
+
+#[test]
+fn chunked_gpu_audit_equals_one_shot() {
+    let d = data(10, 3, 5);
+    let r = run(&d.args(&["--backend", "gpu"]));
+    if r.code == Some(2) && r.stderr.contains("no gpu adapter") {
+        assert!(!fused_loss::gpu_required(), "{}", r.stderr);
+        eprintln!("skipping the GPU audit: {}", r.stderr.trim());
+        return;
+    }
+    chunked_audit_equals_one_shot_on("gpu");
+}
+
+/// Runs in one chunk, in chunks of 1 and 64 rows: the same top K (rows and
+/// losses), histogram, per-class counts and per_example.npy bytes.
+fn chunked_audit_equals_one_shot_on(backend: &str) {
     let d = data(700, 5, 2);
     let weights: Vec<f32> = (0..d.b).map(|n| (n % 5) as f32 * 0.5).collect();
     write_npy(&d.path("w.npy"), &[d.b as u64], &weights);
@@ -287,7 +305,7 @@ fn chunked_audit_equals_one_shot() {
         let out = d.path(&format!("out{chunk}"));
         let args = d.args(&[
             "--backend",
-            "cpu",
+            backend,
             "--top",
             "20",
             "--chunk-rows",
@@ -312,6 +330,19 @@ fn chunked_audit_equals_one_shot() {
         assert_eq!(v["top"], one["top"]);
         assert_eq!(v["count"], one["count"]);
         assert_eq!(b, bytes);
+        for (p, q) in v["per_class"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .zip(one["per_class"].as_array().unwrap())
+        {
+            assert_eq!(
+                (&p["count"], &p["nonfinite"]),
+                (&q["count"], &q["nonfinite"])
+            );
+            let (x, y) = (p["sum"].as_f64().unwrap(), q["sum"].as_f64().unwrap());
+            assert!((x - y).abs() <= 1e-12 * y.abs(), "{backend}: {x} vs {y}");
+        }
     }
 }
 

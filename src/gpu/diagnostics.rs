@@ -46,8 +46,8 @@ pub(crate) const PER_CLASS_REDUCE_WORKGROUP_SIZE: u32 = 256;
 
 // Each thread takes whole pairs of a top-k tile and whole rows of a
 // per-class tile.
-const _: () = assert!(TOP_K_TILE % (2 * TOP_K_WORKGROUP_SIZE) == 0);
-const _: () = assert!(PER_CLASS_TILE % (2 * PER_CLASS_WORKGROUP_SIZE) == 0);
+const _: () = assert!(TOP_K_TILE.is_multiple_of(2 * TOP_K_WORKGROUP_SIZE));
+const _: () = assert!(PER_CLASS_TILE.is_multiple_of(2 * PER_CLASS_WORKGROUP_SIZE));
 
 /// One invocation walks a whole row; lavapipe silently stops a loop after
 /// 65,535 trips (DESIGN §5), so rows stay well below that.
