@@ -1,12 +1,14 @@
 // Per-example label-quality scores: self-confidence p_y, margin
-// p_y − max_{k≠y} p_k and the predicted class (first argmax), one invocation
-// per row in one pass over the row. CPU twin: src/diagnostics/scores.rs
+// p_y − max_{k≠y} p_k and the predicted class (first argmax of the input),
+// one invocation per row in one pass over the row. With a soft-cap the
+// probabilities are those of cap·tanh(x/cap), as in the loss. CPU twin: src/diagnostics/scores.rs
 // (`scores`). Host side: src/gpu/diagnostics.rs.
 
 // Keep in sync with gpu::diagnostics::SCORES_WORKGROUP_SIZE.
 const WG: u32 = 64u;
 const FLAG_PROBABILITIES: u32 = 1u;
 const FLAG_IGNORE_INDEX: u32 = 2u;
+const FLAG_SOFTCAP: u32 = 4u;
 const NO_CLASS: i32 = -1;
 
 // Keep in sync with gpu::diagnostics::ScoresParams.
@@ -16,9 +18,9 @@ struct Params {
     flags: u32,
     ignore_index: i32,
     zero: u32, // always 0; keeps the NaN below a run-time value
+    softcap: f32,
     _pad0: u32,
     _pad1: u32,
-    _pad2: u32,
 }
 
 // Keep in sync with gpu::diagnostics::GpuScore.
@@ -55,6 +57,18 @@ fn is_pos_inf(x: f32) -> bool {
 
 fn quiet_nan() -> f32 {
     return bitcast<f32>(0x7fc00000u | params.zero);
+}
+
+// A logit after the optional soft-cap: −inf gives −cap, and tanh is ±1 in
+// f32 well inside the clamp.
+fn soft_cap(x: f32) -> f32 {
+    if (params.flags & FLAG_SOFTCAP) == 0u {
+        return x;
+    }
+    if is_neg_inf(x) {
+        return -params.softcap;
+    }
+    return params.softcap * tanh(clamp(x / params.softcap, -20.0, 20.0));
 }
 
 @compute @workgroup_size(WG)
@@ -100,12 +114,16 @@ fn main(
             total += x;
         } else if is_pos_inf(x) {
             poisoned = true;
-        } else if !is_neg_inf(x) {
-            if x > m {
-                s = select(1.0, s * exp(m - x) + 1.0, s > 0.0);
-                m = x;
+        } else {
+            let z = soft_cap(x);
+            if is_neg_inf(z) {
+                continue;
+            }
+            if z > m {
+                s = select(1.0, s * exp(m - z) + 1.0, s > 0.0);
+                m = z;
             } else {
-                s += exp(x - m);
+                s += exp(z - m);
             }
         }
     }
@@ -128,12 +146,16 @@ fn main(
                     po = other / total;
                 }
             } else {
+                // The cap is monotone: the capped maximum is the cap of the
+                // maximum.
                 let lse = m + log(s);
-                if !is_neg_inf(xy) {
-                    py = exp(xy - lse);
+                let zy = soft_cap(xy);
+                let zo = soft_cap(other);
+                if !is_neg_inf(zy) {
+                    py = exp(zy - lse);
                 }
-                if !is_neg_inf(other) {
-                    po = exp(other - lse);
+                if classes > 1u && !is_neg_inf(zo) {
+                    po = exp(zo - lse);
                 }
             }
             out.confidence = py;

@@ -279,6 +279,24 @@ fn histogram_and_top_k_equal_a_straightforward_computation() {
 
 #[test]
 fn chunked_audit_equals_one_shot() {
+    chunked_audit_equals_one_shot_on("cpu");
+}
+
+#[test]
+fn chunked_gpu_audit_equals_one_shot() {
+    let d = data(10, 3, 5);
+    let r = run(&d.args(&["--backend", "gpu"]));
+    if r.code == Some(2) && r.stderr.contains("no gpu adapter") {
+        assert!(!fused_loss::gpu_required(), "{}", r.stderr);
+        eprintln!("skipping the GPU audit: {}", r.stderr.trim());
+        return;
+    }
+    chunked_audit_equals_one_shot_on("gpu");
+}
+
+/// Runs in one chunk, in chunks of 1 and 64 rows: the same top K (rows and
+/// losses), histogram, per-class counts and per_example.npy bytes.
+fn chunked_audit_equals_one_shot_on(backend: &str) {
     let d = data(700, 5, 2);
     let weights: Vec<f32> = (0..d.b).map(|n| (n % 5) as f32 * 0.5).collect();
     write_npy(&d.path("w.npy"), &[d.b as u64], &weights);
@@ -287,7 +305,7 @@ fn chunked_audit_equals_one_shot() {
         let out = d.path(&format!("out{chunk}"));
         let args = d.args(&[
             "--backend",
-            "cpu",
+            backend,
             "--top",
             "20",
             "--chunk-rows",
@@ -312,6 +330,19 @@ fn chunked_audit_equals_one_shot() {
         assert_eq!(v["top"], one["top"]);
         assert_eq!(v["count"], one["count"]);
         assert_eq!(b, bytes);
+        for (p, q) in v["per_class"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .zip(one["per_class"].as_array().unwrap())
+        {
+            assert_eq!(
+                (&p["count"], &p["nonfinite"]),
+                (&q["count"], &q["nonfinite"])
+            );
+            let (x, y) = (p["sum"].as_f64().unwrap(), q["sum"].as_f64().unwrap());
+            assert!((x - y).abs() <= 1e-12 * y.abs(), "{backend}: {x} vs {y}");
+        }
     }
 }
 
@@ -372,6 +403,102 @@ fn cpu_and_gpu_audits_agree() {
         assert!((x - y).abs() <= 1e-5 * (1.0 + x.abs()));
     }
     assert_eq!(cpu["histogram"]["counts"], gpu["histogram"]["counts"]);
+    // Per-class counts agree exactly, sums to the losses' f32 rounding.
+    let (cp, gp) = (
+        cpu["per_class"].as_array().unwrap(),
+        gpu["per_class"].as_array().unwrap(),
+    );
+    assert_eq!(cp.len(), 12);
+    for (c, g) in cp.iter().zip(gp) {
+        assert_eq!(
+            (&c["count"], &c["nonfinite"]),
+            (&g["count"], &g["nonfinite"])
+        );
+        let (x, y) = (c["sum"].as_f64().unwrap(), g["sum"].as_f64().unwrap());
+        assert!((x - y).abs() <= 1e-6 * x.abs(), "sum {x} vs {y}");
+    }
+}
+
+#[test]
+fn audit_takes_the_soft_cap_and_the_z_loss() {
+    let d = data(800, 5, 6);
+    // Scale the logits up so that the cap matters.
+    let logits: Vec<f32> = d.logits.iter().map(|x| x * 4.0).collect();
+    write_npy(&d.path("x.npy"), &[d.b as u64, d.c as u64], &logits);
+    let batch = Batch::with_labels(&logits, d.c, &d.labels);
+    let base = CrossEntropy::new().with_ignore_index(IGNORE);
+
+    // With the cap alone, p_y = exp(-L): the scores follow the capped logits.
+    let out = d.path("capped");
+    let v = ok(&run(&d.args(&[
+        "--backend",
+        "cpu",
+        "--softcap",
+        "2.5",
+        "--top",
+        "25",
+        "--out-dir",
+        &s(&out),
+    ])));
+    let losses = read_f32(&out.join("per_example.npy"));
+    let want = reference::compute(&base.clone().with_softcap(2.5), &batch).unwrap();
+    assert_eq!(losses, want.per_example);
+    let plain = reference::compute(&base, &batch).unwrap();
+    assert_ne!(losses, plain.per_example);
+    for t in v["top"].as_array().unwrap() {
+        let n = t["row"].as_u64().unwrap() as usize;
+        let conf = t["confidence"].as_f64().unwrap();
+        assert!((conf - (-(losses[n] as f64)).exp()).abs() < 1e-5, "row {n}");
+    }
+
+    // Both options: the losses are the reference's.
+    let out = d.path("both");
+    let cpu = ok(&run(&d.args(&[
+        "--backend",
+        "cpu",
+        "--softcap",
+        "2.5",
+        "--z-loss",
+        "0.01",
+        "--out-dir",
+        &s(&out),
+    ])));
+    let spec = base.with_softcap(2.5).with_z_loss(0.01);
+    let want = reference::compute(&spec, &batch).unwrap();
+    assert_eq!(read_f32(&out.join("per_example.npy")), want.per_example);
+    let avg = cpu["average_loss"].as_f64().unwrap();
+    assert!((avg - want.average_loss).abs() <= 1e-12 * want.average_loss);
+
+    // The GPU audit ranks the same rows with the same scores.
+    let r = run(&d.args(&["--backend", "gpu", "--softcap", "2.5", "--z-loss", "0.01"]));
+    if r.code == Some(2) && r.stderr.contains("no gpu adapter") {
+        assert!(!fused_loss::gpu_required(), "{}", r.stderr);
+        return;
+    }
+    let gpu = ok(&r);
+    let (ct, gt) = (
+        cpu["top"].as_array().unwrap(),
+        gpu["top"].as_array().unwrap(),
+    );
+    assert_eq!(ct.len(), gt.len());
+    for (c, g) in ct.iter().zip(gt) {
+        assert_eq!((&c["row"], &c["predicted"]), (&g["row"], &g["predicted"]));
+        for key in ["loss", "confidence", "margin"] {
+            let (x, y) = (c[key].as_f64().unwrap(), g[key].as_f64().unwrap());
+            assert!((x - y).abs() <= 1e-5 * (1.0 + x.abs()), "{key}: {x} vs {y}");
+        }
+    }
+    // Bad values are the library's errors.
+    expect_error(
+        &d,
+        &d.args(&["--backend", "cpu", "--softcap", "0"]),
+        "softcap",
+    );
+    expect_error(
+        &d,
+        &d.args(&["--backend", "cpu", "--z-loss", "-1"]),
+        "z-loss",
+    );
 }
 
 /// Exit 2, one `error:` line naming `needle`, nothing on stdout, no panic,
@@ -482,6 +609,8 @@ fn help_lists_the_audit_options() {
         "--class-weights",
         "--probabilities",
         "--label-smoothing",
+        "--z-loss",
+        "--softcap",
     ] {
         assert!(r.stdout.contains(option), "{option} missing");
     }

@@ -120,6 +120,20 @@ pub(crate) struct LossOptions {
     /// Make a NaN or infinite per-example loss an error naming its first row
     #[arg(long)]
     check_finite: bool,
+
+    /// z-loss coefficient: adds s_n * Z * lse_n^2 to every row that is not
+    /// ignored (logits only)
+    #[arg(
+        long,
+        value_name = "Z",
+        default_value_t = 0.0,
+        allow_negative_numbers = true
+    )]
+    z_loss: f32,
+
+    /// Soft-cap the logits, x <- S * tanh(x / S), before the softmax (logits only)
+    #[arg(long, value_name = "S", allow_negative_numbers = true)]
+    softcap: Option<f32>,
 }
 
 impl LossOptions {
@@ -129,7 +143,11 @@ impl LossOptions {
         let mut spec = CrossEntropy::new()
             .with_reduction(self.reduction.0)
             .with_label_smoothing(self.label_smoothing)
-            .with_check_finite(self.check_finite);
+            .with_check_finite(self.check_finite)
+            .with_z_loss(self.z_loss);
+        if let Some(cap) = self.softcap {
+            spec = spec.with_softcap(cap);
+        }
         if self.probabilities {
             spec = spec.with_input(InputKind::Probabilities);
         }
@@ -181,20 +199,6 @@ struct ComputeArgs {
     /// the sum, i.e. each row's per-example gradient (logits only)
     #[arg(long, value_name = "G.npy")]
     grad_out: Option<PathBuf>,
-
-    /// z-loss coefficient: adds s_n * Z * lse_n^2 to every row that is not
-    /// ignored (logits only)
-    #[arg(
-        long,
-        value_name = "Z",
-        default_value_t = 0.0,
-        allow_negative_numbers = true
-    )]
-    z_loss: f32,
-
-    /// Soft-cap the logits, x <- S * tanh(x / S), before the softmax (logits only)
-    #[arg(long, value_name = "S", allow_negative_numbers = true)]
-    softcap: Option<f32>,
 
     /// Print one JSON object on stdout (non-finite numbers as null)
     #[arg(long)]
@@ -415,14 +419,10 @@ fn compute(args: &ComputeArgs) -> Result<()> {
         }
     };
 
-    let mut spec = args
+    let spec = args
         .loss
         .spec(classes)?
-        .with_z_loss(args.z_loss)
         .with_gradient(args.grad_out.is_some());
-    if let Some(cap) = args.softcap {
-        spec = spec.with_softcap(cap);
-    }
     let sample_weights = match &args.loss.sample_weights {
         Some(path) => {
             let weights = read_floats(path)?;

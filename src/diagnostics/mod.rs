@@ -4,13 +4,15 @@
 //!   and mergeable stats over many batches, in float-float f64;
 //! - [`Histogram`] of the losses (`numpy.histogram` semantics, linear or log
 //!   bins, a fixed or automatic range from a [`LossRange`]);
-//! - [`TopK`]: the largest losses with their rows;
+//! - [`TopK`] and [`top_k`]: the largest losses with their rows;
 //! - [`scores`]: label-quality scores per example ([`RowScore`]:
 //!   self-confidence, margin, predicted class);
 //! - [`PerClassLoss`]: loss sums and counts by label;
 //! - [`Diagnostics`]: all of the above in one streaming pass;
-//! - [`Scorer`]: the scores and histogram counts on the GPU
-//!   ([`crate::gpu::GpuDiagnostics`]) or their CPU twins.
+//! - [`Scorer`]: the scores, histogram counts, top-k and per-class sums on
+//!   the GPU ([`crate::gpu::GpuDiagnostics`]) or with their CPU twins;
+//!   [`Diagnostics::update_with`] takes its top-k and per-class sums from a
+//!   [`Scorer`].
 //!
 //! TensorBoard event files are written by [`crate::tensorboard`].
 //!
@@ -46,7 +48,7 @@ pub(crate) use histogram::{ceil_f32, floor_f32};
 pub use histogram::{BinScale, Histogram, HistogramSpec, LossRange};
 pub use scores::{score_labels, scores, PerClassLoss, RowScore, NO_CLASS};
 pub use streaming::{StreamingMean, StreamingStats};
-pub use top_k::{Ranked, TopK};
+pub use top_k::{top_k, Ranked, TopK};
 
 use crate::engine::Engine;
 use crate::error::{Error, Result};
@@ -118,6 +120,62 @@ impl Diagnostics {
         Ok(())
     }
 
+    /// [`Diagnostics::update`] with the top-k candidates and the per-class
+    /// sums of the batch computed by `scorer` (on the GPU for a GPU scorer,
+    /// where it takes the input; see [`Scorer::top_k`] and
+    /// [`Scorer::per_class`]). The top-k is the same as `update`'s, row for
+    /// row; per-class counts are the same and sums agree within 1e-12
+    /// relative. Nothing is added when it fails.
+    pub async fn update_with(
+        &mut self,
+        scorer: &Scorer,
+        first_row: u64,
+        out: &LossOutput,
+        scores: &[RowScore],
+        ignore_index: Option<i32>,
+    ) -> Result<()> {
+        let losses = &out.per_example;
+        if scores.len() != losses.len() {
+            return Err(Error::ShapeMismatch {
+                what: "scores",
+                expected: losses.len(),
+                actual: scores.len(),
+            });
+        }
+        let labels: Vec<i32> = scores.iter().map(|s| s.label).collect();
+        let top = scorer
+            .top_k(losses, Some(&labels), ignore_index, self.top.k())
+            .await?;
+        let mut per_class = PerClassLoss::new(self.per_class.classes());
+        scorer
+            .per_class(&mut per_class, losses, &labels, ignore_index)
+            .await?;
+        self.per_class.merge(&per_class)?;
+        self.stats.update(&out.stats);
+        self.range.add_losses(losses, Some(&labels), ignore_index);
+        for r in top {
+            let score = scores[r.row as usize];
+            self.top.push(first_row + r.row, r.loss, score);
+        }
+        self.disagreements += scores
+            .iter()
+            .filter(|s| Some(s.label) != ignore_index && s.disagrees())
+            .count() as u64;
+        Ok(())
+    }
+
+    /// Blocking [`Diagnostics::update_with`].
+    pub fn update_with_blocking(
+        &mut self,
+        scorer: &Scorer,
+        first_row: u64,
+        out: &LossOutput,
+        scores: &[RowScore],
+        ignore_index: Option<i32>,
+    ) -> Result<()> {
+        pollster::block_on(self.update_with(scorer, first_row, out, scores, ignore_index))
+    }
+
     /// Adds another shard (disjoint rows).
     pub fn merge(&mut self, other: Diagnostics) -> Result<()> {
         self.per_class.merge(&other.per_class)?;
@@ -155,8 +213,12 @@ impl Diagnostics {
     }
 }
 
-/// Computes the per-example scores and the histogram counts on the GPU
-/// ([`GpuDiagnostics`]) or with their CPU twins.
+/// Computes the per-example scores, the histogram counts, the top-k losses
+/// and the per-class sums on the GPU ([`GpuDiagnostics`]) or with their CPU
+/// twins. A GPU scorer runs on the CPU what the GPU version does not take:
+/// rows wider than [`GpuDiagnostics::max_classes`], k above
+/// [`GpuDiagnostics::max_top_k`], more classes than
+/// [`GpuDiagnostics::max_per_class_classes`].
 #[derive(Debug)]
 pub enum Scorer {
     /// The CPU twins: [`scores`] and [`Histogram::add_losses`].
@@ -222,5 +284,64 @@ impl Scorer {
         ignore_index: Option<i32>,
     ) -> Result<()> {
         pollster::block_on(self.histogram(histogram, losses, labels, ignore_index))
+    }
+
+    /// The `k` largest finite losses of the rows not ignored, as [`top_k`]
+    /// ranks them: on the GPU when `k` is at most
+    /// [`GpuDiagnostics::max_top_k`], else with the CPU twin. Both give the
+    /// same rows and losses.
+    pub async fn top_k(
+        &self,
+        losses: &[f32],
+        labels: Option<&[i32]>,
+        ignore_index: Option<i32>,
+        k: usize,
+    ) -> Result<Vec<Ranked<()>>> {
+        match self {
+            Scorer::Gpu(gpu) if k <= gpu.max_top_k() => {
+                gpu.top_k(losses, labels, ignore_index, k).await
+            }
+            _ => top_k(losses, labels, ignore_index, k),
+        }
+    }
+
+    /// Blocking [`Scorer::top_k`].
+    pub fn top_k_blocking(
+        &self,
+        losses: &[f32],
+        labels: Option<&[i32]>,
+        ignore_index: Option<i32>,
+        k: usize,
+    ) -> Result<Vec<Ranked<()>>> {
+        pollster::block_on(self.top_k(losses, labels, ignore_index, k))
+    }
+
+    /// Adds losses to `per_class` by label, as [`PerClassLoss::add_losses`]
+    /// does: on the GPU up to [`GpuDiagnostics::max_per_class_classes`]
+    /// classes, else with the CPU twin.
+    pub async fn per_class(
+        &self,
+        per_class: &mut PerClassLoss,
+        losses: &[f32],
+        labels: &[i32],
+        ignore_index: Option<i32>,
+    ) -> Result<()> {
+        match self {
+            Scorer::Gpu(gpu) if per_class.classes() <= gpu.max_per_class_classes() => {
+                gpu.per_class(per_class, losses, labels, ignore_index).await
+            }
+            _ => per_class.add_losses(losses, labels, ignore_index),
+        }
+    }
+
+    /// Blocking [`Scorer::per_class`].
+    pub fn per_class_blocking(
+        &self,
+        per_class: &mut PerClassLoss,
+        losses: &[f32],
+        labels: &[i32],
+        ignore_index: Option<i32>,
+    ) -> Result<()> {
+        pollster::block_on(self.per_class(per_class, losses, labels, ignore_index))
     }
 }

@@ -20,11 +20,15 @@ pub const NO_CLASS: i32 = -1;
 ///   negative when another class is preferred;
 /// - `predicted` is `argmax_k` of the input row, the lowest class on ties.
 ///
+/// With a soft-cap ([`CrossEntropy::softcap`]) the softmax is that of
+/// `cap·tanh(x/cap)`, as in the loss; `predicted` is still the argmax of the
+/// input row (the cap is monotone). Weights, smoothing and the z-loss do not
+/// change the scores.
+///
 /// A row whose probabilities are undefined (a NaN or `+inf` logit, all
-/// logits `−inf`, a non-finite probability or a probability sum ≤ 0) has NaN
-/// scores and `predicted` [`NO_CLASS`]. An ignored row has NaN scores and
-/// its `predicted`. Scores use the input as given, before any other option
-/// (weights and smoothing do not change them).
+/// logits `−inf` without a soft-cap, a non-finite probability or a
+/// probability sum ≤ 0) has NaN scores and `predicted` [`NO_CLASS`]. An
+/// ignored row has NaN scores and its `predicted`.
 #[derive(Clone, Copy, Debug, PartialEq)]
 pub struct RowScore {
     /// The label the scores refer to: the row's label, or for dense targets
@@ -104,18 +108,25 @@ pub fn scores(spec: &CrossEntropy, batch: &Batch<'_>) -> Result<Vec<RowScore>> {
     };
     let labels = score_labels(batch);
     let probabilities = spec.input == InputKind::Probabilities;
+    let softcap = if probabilities { None } else { spec.softcap };
     Ok(labels
         .iter()
         .enumerate()
         .map(|(n, &label)| {
             let row = &batch.logits[n * classes..(n + 1) * classes];
             let ignored = Some(label) == ignore;
-            row_score(row, label, ignored, probabilities)
+            row_score(row, label, ignored, probabilities, softcap)
         })
         .collect())
 }
 
-fn row_score(row: &[f32], label: i32, ignored: bool, probabilities: bool) -> RowScore {
+fn row_score(
+    row: &[f32],
+    label: i32,
+    ignored: bool,
+    probabilities: bool,
+    softcap: Option<f32>,
+) -> RowScore {
     let undefined = RowScore {
         label,
         predicted: NO_CLASS,
@@ -126,7 +137,7 @@ fn row_score(row: &[f32], label: i32, ignored: bool, probabilities: bool) -> Row
         row.iter().any(|x| !x.is_finite())
     } else {
         row.iter().any(|x| x.is_nan() || *x == f32::INFINITY)
-            || row.iter().all(|x| *x == f32::NEG_INFINITY)
+            || (softcap.is_none() && row.iter().all(|x| *x == f32::NEG_INFINITY))
     };
     if poisoned {
         return undefined;
@@ -160,15 +171,25 @@ fn row_score(row: &[f32], label: i32, ignored: bool, probabilities: bool) -> Row
         };
         (py, py - po)
     } else {
-        let max = row[predicted] as f64;
+        // The loss's soft-cap; being monotone, it keeps the maxima.
+        let cap = |x: f64| match softcap {
+            Some(c) => c as f64 * (x / c as f64).tanh(),
+            None => x,
+        };
+        let max = cap(row[predicted] as f64);
         let lse = max
             + row
                 .iter()
-                .map(|&x| (x as f64 - max).exp())
+                .map(|&x| (cap(x as f64) - max).exp())
                 .sum::<f64>()
                 .ln();
-        let py = (row[y] as f64 - lse).exp();
-        (py, py - (other - lse).exp())
+        let py = (cap(row[y] as f64) - lse).exp();
+        let po = if row.len() > 1 {
+            (cap(other) - lse).exp()
+        } else {
+            0.0
+        };
+        (py, py - po)
     };
     RowScore {
         label,
@@ -180,7 +201,8 @@ fn row_score(row: &[f32], label: i32, ignored: bool, probabilities: bool) -> Row
 
 /// Per-class loss sums and counts, by label, over the rows that are not
 /// ignored. Non-finite losses are counted apart, so one bad row does not
-/// hide its class's mean.
+/// hide its class's mean. [`PerClassLoss::add_losses`] is the CPU twin of
+/// [`crate::gpu::GpuDiagnostics::per_class`].
 ///
 /// ```
 /// use fused_loss::diagnostics::PerClassLoss;
@@ -243,6 +265,17 @@ impl PerClassLoss {
             }
         }
         Ok(())
+    }
+
+    /// Adds a float-float sum `(hi, lo)` and counts computed elsewhere (the
+    /// GPU) to class `c`.
+    pub(crate) fn add_partial(&mut self, c: usize, sum: [f32; 2], count: u64, nonfinite: u64) {
+        self.sums[c].add(sum[0] as f64);
+        if sum[0].is_finite() {
+            self.sums[c].add(sum[1] as f64);
+        }
+        self.counts[c] += count;
+        self.nonfinite[c] += nonfinite;
     }
 
     /// Adds another shard; the class counts must match.

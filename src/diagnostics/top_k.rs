@@ -3,6 +3,9 @@
 use std::cmp::Ordering;
 use std::collections::BinaryHeap;
 
+use super::histogram::is_ignored;
+use crate::error::{Error, Result};
+
 /// One of the k largest losses: its row, its loss and what the caller kept
 /// with it.
 #[derive(Clone, Debug, PartialEq)]
@@ -179,6 +182,45 @@ impl<T> TopK<T> {
     {
         self.clone().into_sorted()
     }
+}
+
+/// The `k` largest finite losses of the rows that are not ignored, most
+/// suspicious first, as [`TopK`] ranks them: the CPU twin of
+/// [`crate::gpu::GpuDiagnostics::top_k`]. Rows count from the start of
+/// `losses`; a row is ignored when `labels` is given and its label is
+/// `ignore_index`. `labels`, when given, must have one label per loss.
+///
+/// ```
+/// use fused_loss::diagnostics::top_k;
+///
+/// let losses = [0.5f32, 3.0, f32::NAN, 3.0, 1.0];
+/// let top = top_k(&losses, Some(&[0, 0, 0, 0, -1]), Some(-1), 3)?;
+/// let rows: Vec<u64> = top.iter().map(|r| r.row).collect();
+/// assert_eq!(rows, [1, 3, 0]);
+/// # Ok::<(), fused_loss::Error>(())
+/// ```
+pub fn top_k(
+    losses: &[f32],
+    labels: Option<&[i32]>,
+    ignore_index: Option<i32>,
+    k: usize,
+) -> Result<Vec<Ranked<()>>> {
+    if let Some(labels) = labels {
+        if labels.len() != losses.len() {
+            return Err(Error::ShapeMismatch {
+                what: "labels",
+                expected: losses.len(),
+                actual: labels.len(),
+            });
+        }
+    }
+    let mut top = TopK::new(k);
+    for (n, &loss) in losses.iter().enumerate() {
+        if !is_ignored(labels, ignore_index, n) {
+            top.push(n as u64, loss, ());
+        }
+    }
+    Ok(top.into_sorted())
 }
 
 #[cfg(test)]

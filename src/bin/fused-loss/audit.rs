@@ -34,7 +34,8 @@ outside --range are left out and counted.
 
 Top K: the largest finite losses of the rows not ignored, by loss descending \
 then row ascending, with the label, the predicted class (argmax of the row), \
-the loss, the self-confidence p_y and the margin p_y - max_(k != y) p_k.
+the loss, the self-confidence p_y and the margin p_y - max_(k != y) p_k \
+(of the soft-capped logits with --softcap).
 
 Files in --out-dir: per_example.npy (float32 [B]) and suspects.csv (a header, \
 then the top K rows). --tensorboard DIR writes an events.out.tfevents.* file \
@@ -494,7 +495,13 @@ pub(crate) fn audit(args: &AuditArgs) -> Result<()> {
             let result = (|| -> Result<()> {
                 let out = engine.compute_blocking(&spec, &chunk)?;
                 let scores = scorer.scores_blocking(&spec, &chunk)?;
-                diagnostics.update(first as u64, &out, &scores, spec.ignore_index)?;
+                diagnostics.update_with_blocking(
+                    &scorer,
+                    first as u64,
+                    &out,
+                    &scores,
+                    spec.ignore_index,
+                )?;
                 writer
                     .extend(out.per_example.iter().copied())
                     .map_err(io_error(&per_example_temp))

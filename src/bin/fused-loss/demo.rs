@@ -94,7 +94,7 @@ pub(crate) fn demo(args: &DemoArgs) -> Result<()> {
     let out = engine.compute_blocking(&spec, &batch)?;
     let scores = scorer.scores_blocking(&spec, &batch)?;
     let mut diagnostics = Diagnostics::new(DEMO_CLASSES, DEMO_FLIPPED);
-    diagnostics.update(0, &out, &scores, None)?;
+    diagnostics.update_with_blocking(&scorer, 0, &out, &scores, None)?;
 
     // Estimator-style evaluation in batches of 256, the last one short.
     let eval_spec = CrossEntropy::new().with_reduction(Reduction::SumOverBatchSize);
