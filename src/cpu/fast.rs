@@ -281,6 +281,25 @@ impl<'a> Plan<'a> {
 
     /// The counts and weight sums of `rows`, which do not depend on the logits.
     fn meta(&self, rows: Range<usize>) -> Meta {
+        if self.batch.sample_weights.is_none()
+            && (self.class_weights.is_none() || self.labels.is_none())
+        {
+            // Every ω_n and s_n is 1 for the rows that are not ignored.
+            let ignored = match (self.labels, self.spec.ignore_index) {
+                (Some(labels), Some(ignore)) => labels[rows.clone()]
+                    .iter()
+                    .filter(|&&y| y == ignore)
+                    .count(),
+                _ => 0,
+            };
+            let count = (rows.len() - ignored) as u64;
+            return Meta {
+                weight_sum: count as f64,
+                sample_weight_sum: count as f64,
+                count,
+                nonzero_count: count,
+            };
+        }
         let mut meta = Meta::default();
         let (mut weights, mut samples) = (F64Sum::default(), F64Sum::default());
         for n in rows {
@@ -322,18 +341,27 @@ struct LossSums {
 
 impl LossSums {
     fn of(losses: &[f32], first_row: usize) -> Self {
-        let mut sum = F64Sum::default();
-        let mut nonfinite_rows = 0;
-        let mut first_nonfinite = None;
-        for (i, &loss) in losses.iter().enumerate() {
-            sum.add(loss as f64);
-            if !loss.is_finite() {
-                nonfinite_rows += 1;
-                first_nonfinite.get_or_insert(first_row + i);
+        let quads = losses.chunks_exact(4);
+        let mut lanes = [0.0f64; 4];
+        for (lane, &loss) in lanes.iter_mut().zip(quads.remainder()) {
+            *lane += loss as f64;
+        }
+        for quad in quads {
+            for (lane, &loss) in lanes.iter_mut().zip(quad) {
+                *lane += loss as f64;
             }
         }
+        let nonfinite_rows = losses.iter().filter(|x| !x.is_finite()).count() as u64;
+        let first_nonfinite = if nonfinite_rows > 0 {
+            losses
+                .iter()
+                .position(|x| !x.is_finite())
+                .map(|i| first_row + i)
+        } else {
+            None
+        };
         LossSums {
-            sum: sum.value(),
+            sum: (lanes[0] + lanes[1]) + (lanes[2] + lanes[3]),
             nonfinite_rows,
             first_nonfinite,
         }

@@ -115,6 +115,37 @@ pub(super) fn softcap<S: Simd>(simd: S, x: S::f32s, cap: f32) -> S::f32s {
     simd.mul_f32s(tanh(simd, y), simd.splat_f32s(cap))
 }
 
+/// Loads up to one vector from `values`, zeros past its end; a full vector
+/// is a plain load (pulp's partial loads are out-of-line calls).
+#[inline(always)]
+pub(super) fn load<S: Simd>(simd: S, values: &[f32]) -> S::f32s {
+    if values.len() == S::F32_LANES {
+        S::as_simd_f32s(values).0[0]
+    } else {
+        simd.partial_load_f32s(values)
+    }
+}
+
+/// [`load`] for `i32`.
+#[inline(always)]
+pub(super) fn load_i32<S: Simd>(simd: S, values: &[i32]) -> S::i32s {
+    if values.len() == S::I32_LANES {
+        S::as_simd_i32s(values).0[0]
+    } else {
+        simd.partial_load_i32s(values)
+    }
+}
+
+/// Stores the first `values.len()` lanes of `v`.
+#[inline(always)]
+pub(super) fn store<S: Simd>(simd: S, values: &mut [f32], v: S::f32s) {
+    if values.len() == S::F32_LANES {
+        S::as_mut_simd_f32s(values).0[0] = v;
+    } else {
+        simd.partial_store_f32s(values, v);
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
