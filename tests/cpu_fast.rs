@@ -498,7 +498,7 @@ fn non_finite_rows_propagate_and_are_counted() {
         [nan, nan, nan],  // ignored: counts as 0
         [ninf, 1.0, 2.0], // label on a masked class: +inf
     ];
-    let labels = vec![0, 1, 1, 0, -1, 0];
+    let labels = [0, 1, 1, 0, -1, 0];
     for repeat in [1usize, 1000] {
         let classes = 3 * repeat;
         let logits: Vec<f32> = rows

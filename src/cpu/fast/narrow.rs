@@ -148,8 +148,8 @@ fn narrow_with<S: Simd, const C: usize>(simd: S, plan: &Plan<'_>, out: &mut Chun
         let ok = simd.select_f32s(ok, splat(1.0), zero);
         if simd.reduce_min_f32s(ok) == 0.0 {
             vmath::store(simd, &mut lane_values[..valid], ok);
-            for r in 0..valid {
-                if lane_values[r] == 0.0 && plan.active(first + r) {
+            for (r, &lane_ok) in lane_values[..valid].iter().enumerate() {
+                if lane_ok == 0.0 && plan.active(first + r) {
                     out.careful(plan, first + r, &mut scratch);
                 }
             }
