@@ -147,29 +147,30 @@ fn block<S: Simd, const MODE: u8, const W: bool, const CAP: bool>(
     let w_at = |i: usize| ws.get(i).copied().unwrap_or(zero);
     let t_at = |i: usize| ts.get(i).copied().unwrap_or(zero);
 
-    let mut acc = [Acc::zero(simd); 4];
-    let mut max = [neg_inf; 2];
+    // Two accumulators: more would spill registers (the exp's constants
+    // take most of the 16).
+    let mut acc = [Acc::zero(simd); 2];
+    let mut max = neg_inf;
     let common = xs.len().min(ns.len());
     let mut i = 0;
-    while i + 4 <= common {
+    while i + 2 <= common {
         for (j, acc) in acc.iter_mut().enumerate() {
             step::<S, MODE, W, CAP>(simd, k, xs[i + j], w_at(i + j), t_at(i + j), neg_m, acc);
         }
-        max[0] = simd.max_f32s(max[0], simd.max_f32s(ns[i], ns[i + 1]));
-        max[1] = simd.max_f32s(max[1], simd.max_f32s(ns[i + 2], ns[i + 3]));
-        i += 4;
+        max = simd.max_f32s(max, simd.max_f32s(ns[i], ns[i + 1]));
+        i += 2;
     }
-    while i + 4 <= xs.len() {
+    while i + 2 <= xs.len() {
         for (j, acc) in acc.iter_mut().enumerate() {
             step::<S, MODE, W, CAP>(simd, k, xs[i + j], w_at(i + j), t_at(i + j), neg_m, acc);
         }
-        i += 4;
+        i += 2;
     }
-    for (j, &x) in xs.iter().enumerate().skip(i) {
-        step::<S, MODE, W, CAP>(simd, k, x, w_at(j), t_at(j), neg_m, &mut acc[j % 4]);
+    if i < xs.len() {
+        step::<S, MODE, W, CAP>(simd, k, xs[i], w_at(i), t_at(i), neg_m, &mut acc[0]);
     }
-    for &n in &ns[common / 4 * 4..] {
-        max[0] = simd.max_f32s(max[0], n);
+    for &n in &ns[common / 2 * 2..] {
+        max = simd.max_f32s(max, n);
     }
     if !x_tail.is_empty() {
         let mask = simd.mask_between_m32s(0, x_tail.len() as u32).mask();
@@ -200,15 +201,15 @@ fn block<S: Simd, const MODE: u8, const W: bool, const CAP: bool>(
     if !n_tail.is_empty() {
         let mask = simd.mask_between_m32s(0, n_tail.len() as u32).mask();
         let n = simd.select_f32s(mask, simd.partial_load_f32s(n_tail), neg_inf);
-        max[1] = simd.max_f32s(max[1], n);
+        max = simd.max_f32s(max, n);
     }
-    let total = acc[0].add(simd, acc[1]).add(simd, acc[2].add(simd, acc[3]));
+    let total = acc[0].add(simd, acc[1]);
     let sums = BlockSums {
         exp: simd.reduce_sum_f32s(total.exp),
         t: simd.reduce_sum_f32s(total.t),
         a: simd.reduce_sum_f32s(total.a),
     };
-    (sums, simd.reduce_max_f32s(simd.max_f32s(max[0], max[1])))
+    (sums, simd.reduce_max_f32s(max))
 }
 
 /// The raw maximum of `values` (the first block of a chunk).
