@@ -19,9 +19,10 @@
 //!   each chunk's partial sums merge in chunk order, so the result is
 //!   bit-identical whatever the number of threads.
 //! - **Every option** of [`CrossEntropy`]. Rows the f32 arithmetic cannot
-//!   vouch for — a NaN or `±inf` anywhere in them, an overflowing logit — are
-//!   recomputed by the f64 reference's row function, so every edge convention
-//!   is the reference's own.
+//!   vouch for — a NaN or `+inf` logit, a `−inf` one where a smoothing or
+//!   dense-target term reads it, a shift that overflows, a zero or
+//!   non-finite probability total — are recomputed by the f64 reference's
+//!   row function, so every edge convention is the reference's own.
 //!
 //! Accuracy: per-example losses are within
 //! `1e-5·(1 + |L_n| + Σ_c|a_c|·max_c|x_{n,c}|)` of the f64 reference (the GPU's
