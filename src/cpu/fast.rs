@@ -167,20 +167,14 @@ pub fn cross_entropy_with(spec: &CrossEntropy, batch: &Batch<'_>, isa: Isa) -> R
     let partials: Vec<(Meta, LossSums)> = tasks
         .into_par_iter()
         .map(|mut out| {
+            let op = ChunkOp {
+                plan,
+                out: &mut out,
+            };
             match isa {
-                Isa::Detect => pulp::Arch::new().dispatch(ChunkOp {
-                    plan,
-                    out: &mut out,
-                }),
-                Isa::Portable => pulp::Scalar::new().vectorize(ChunkOp {
-                    plan,
-                    out: &mut out,
-                }),
+                Isa::Detect => pulp::Arch::new().dispatch(op),
+                Isa::Portable => pulp::Scalar::new().vectorize(op),
             }
-            (
-                plan.meta(out.rows.clone()),
-                LossSums::of(out.losses, out.rows.start),
-            )
         })
         .collect();
     let (meta, sums): (Vec<Meta>, Vec<LossSums>) = partials.into_iter().unzip();
@@ -281,6 +275,7 @@ impl<'a> Plan<'a> {
     }
 
     /// The counts and weight sums of `rows`, which do not depend on the logits.
+    #[inline(always)]
     fn meta(&self, rows: Range<usize>) -> Meta {
         if self.batch.sample_weights.is_none()
             && (self.class_weights.is_none() || self.labels.is_none())
@@ -341,6 +336,7 @@ struct LossSums {
 }
 
 impl LossSums {
+    #[inline(always)]
     fn of(losses: &[f32], first_row: usize) -> Self {
         let quads = losses.chunks_exact(4);
         let mut lanes = [0.0f64; 4];
@@ -467,10 +463,12 @@ struct ChunkOp<'p, 'o, 'c> {
 }
 
 impl WithSimd for ChunkOp<'_, '_, '_> {
-    type Output = ();
+    type Output = (Meta, LossSums);
 
+    /// The chunk's rows, then its partial stats (under the same target
+    /// features, so the f64 sums vectorise; their order is the source's).
     #[inline(always)]
-    fn with_simd<S: Simd>(self, simd: S) {
+    fn with_simd<S: Simd>(self, simd: S) -> (Meta, LossSums) {
         let ChunkOp { plan, out } = self;
         if plan.spec.input == InputKind::Probabilities {
             rows::probability_rows(simd, plan, out);
@@ -479,5 +477,9 @@ impl WithSimd for ChunkOp<'_, '_, '_> {
         } else {
             rows::logit_rows(simd, plan, out);
         }
+        (
+            plan.meta(out.rows.clone()),
+            LossSums::of(out.losses, out.rows.start),
+        )
     }
 }
