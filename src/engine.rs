@@ -1,6 +1,6 @@
 //! One API over the GPU and the CPU.
 
-use crate::cpu::reference;
+use crate::cpu::{fast, reference};
 use crate::error::{Error, Result};
 use crate::gpu::{GpuContext, GpuOptions};
 use crate::output::{Backend, LossOutput};
@@ -17,9 +17,11 @@ pub fn gpu_required() -> bool {
 enum Inner {
     Gpu(Box<GpuContext>),
     Cpu,
+    Reference,
 }
 
-/// Computes cross-entropy on a wgpu adapter or on the CPU.
+/// Computes cross-entropy on a wgpu adapter, on the fast CPU path, or with
+/// the f64 reference.
 ///
 /// ```
 /// use fused_loss::{Batch, CrossEntropy, Engine, Reduction};
@@ -52,7 +54,7 @@ impl std::fmt::Debug for Engine {
 }
 
 impl Engine {
-    /// The GPU when an adapter can be opened, else the CPU; read
+    /// The GPU when an adapter can be opened, else the fast CPU path; read
     /// [`Engine::fallback_reason`] to learn why. Fails only when
     /// `FUSED_LOSS_REQUIRE_GPU=1` is set and no adapter works.
     pub async fn auto() -> Result<Engine> {
@@ -91,10 +93,20 @@ impl Engine {
         pollster::block_on(Engine::gpu())
     }
 
-    /// The f64 reference on the CPU.
+    /// The fast CPU path ([`fast::cross_entropy`]): f32 SIMD with runtime
+    /// dispatch, rows spread over rayon's pool.
     pub fn cpu() -> Engine {
         Engine {
             inner: Inner::Cpu,
+            fallback_reason: None,
+        }
+    }
+
+    /// The f64 reference ([`reference::compute`]): single-threaded and slow,
+    /// the oracle the other backends are tested against.
+    pub fn reference() -> Engine {
+        Engine {
+            inner: Inner::Reference,
             fallback_reason: None,
         }
     }
@@ -113,14 +125,17 @@ impl Engine {
         match self.inner {
             Inner::Gpu(_) => Backend::Gpu,
             Inner::Cpu => Backend::Cpu,
+            Inner::Reference => Backend::Reference,
         }
     }
 
-    /// The adapter's description, or `"cpu (f64 reference)"`.
+    /// The adapter's description, `"cpu (fast, avx2+fma)"` (the instruction
+    /// set detected) or `"cpu (f64 reference)"`.
     pub fn adapter(&self) -> &str {
         match &self.inner {
             Inner::Gpu(context) => context.adapter(),
-            Inner::Cpu => "cpu (f64 reference)",
+            Inner::Cpu => fast_adapter(),
+            Inner::Reference => "cpu (f64 reference)",
         }
     }
 
@@ -133,7 +148,7 @@ impl Engine {
     pub fn gpu_context(&self) -> Option<&GpuContext> {
         match &self.inner {
             Inner::Gpu(context) => Some(context),
-            Inner::Cpu => None,
+            Inner::Cpu | Inner::Reference => None,
         }
     }
 
@@ -141,7 +156,8 @@ impl Engine {
     pub async fn compute(&self, spec: &CrossEntropy, batch: &Batch<'_>) -> Result<LossOutput> {
         match &self.inner {
             Inner::Gpu(context) => context.compute(spec, batch).await,
-            Inner::Cpu => reference::compute(spec, batch),
+            Inner::Cpu => fast::cross_entropy(spec, batch),
+            Inner::Reference => reference::compute(spec, batch),
         }
     }
 
@@ -149,6 +165,12 @@ impl Engine {
     pub fn compute_blocking(&self, spec: &CrossEntropy, batch: &Batch<'_>) -> Result<LossOutput> {
         pollster::block_on(self.compute(spec, batch))
     }
+}
+
+/// The fast path's adapter text, naming the instruction set it dispatches to.
+fn fast_adapter() -> &'static str {
+    static NAME: std::sync::OnceLock<String> = std::sync::OnceLock::new();
+    NAME.get_or_init(|| format!("cpu (fast, {})", fast::Isa::Detect.name()))
 }
 
 #[cfg(test)]

@@ -1,8 +1,9 @@
 //! # fused-loss
 //!
 //! Per-example cross-entropy and its reductions in one fused pass over the
-//! logits, on any wgpu adapter, with an f64 CPU reference that every GPU
-//! result is tested against.
+//! logits, on any wgpu adapter or on every CPU core with SIMD
+//! ([`cpu::fast`]), with an f64 CPU reference ([`cpu::reference`]) that
+//! every result is tested against.
 //!
 //! ```
 //! use fused_loss::{Batch, CrossEntropy, Engine, Reduction};
@@ -10,7 +11,7 @@
 //! // Two examples over three classes.
 //! let logits = [2.0f32, 0.5, -1.0, 0.1, 0.2, 3.0];
 //! let labels = [0, 2];
-//! // `Engine::auto_blocking()` picks the GPU and falls back to the CPU.
+//! // `Engine::auto_blocking()` picks the GPU and falls back to the fast CPU path.
 //! let engine = Engine::cpu();
 //! let spec = CrossEntropy::new().with_reduction(Reduction::Mean);
 //! let out = engine.compute_blocking(&spec, &Batch::with_labels(&logits, 3, &labels))?;
@@ -51,6 +52,9 @@
 //! losses through a fixed-order float-float tree with no atomics, so the same
 //! input on the same adapter gives the same bytes every run, and `sum` is
 //! within about 1e-12 relative of the exact sum of the returned f32 losses.
+//! The fast CPU path keeps the same contract: f64 sums of its f32 losses in
+//! an order fixed by the shape alone, so its output is the same whatever the
+//! number of threads.
 
 #![warn(missing_docs)]
 

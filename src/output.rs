@@ -72,16 +72,19 @@ impl LossStats {
 pub enum Backend {
     /// A wgpu adapter.
     Gpu,
-    /// The f64 CPU reference.
+    /// The fast CPU path ([`crate::cpu::fast`]): f32 SIMD on every core.
     Cpu,
+    /// The f64 CPU reference ([`crate::cpu::reference`]), single-threaded.
+    Reference,
 }
 
 impl Backend {
-    /// `"gpu"` or `"cpu"`.
+    /// `"gpu"`, `"cpu"` or `"reference"`.
     pub fn name(self) -> &'static str {
         match self {
             Backend::Gpu => "gpu",
             Backend::Cpu => "cpu",
+            Backend::Reference => "reference",
         }
     }
 }

@@ -153,7 +153,7 @@ fn histogram_and_top_k_equal_a_straightforward_computation() {
     let tb = d.path("tb");
     let v = ok(&run(&d.args(&[
         "--backend",
-        "cpu",
+        "reference",
         "--top",
         "12",
         "--bins",

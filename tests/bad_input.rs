@@ -6,7 +6,7 @@ use common::*;
 use fused_loss::*;
 
 fn engines() -> Vec<Engine> {
-    let mut engines = vec![Engine::cpu()];
+    let mut engines = vec![Engine::cpu(), Engine::reference()];
     engines.extend(gpu());
     engines
 }

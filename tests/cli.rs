@@ -150,11 +150,11 @@ fn parse_json(r: &Run) -> serde_json::Value {
     value
 }
 
-/// Every field of a CPU run equals the reference exactly.
+/// Every field of a `--backend reference` run equals the reference exactly.
 fn assert_json_equals(r: &Run, expected: &LossOutput, classes: usize) {
     let value = parse_json(r);
     let text = r.stdout.trim();
-    assert_eq!(value["backend"], "cpu");
+    assert_eq!(value["backend"], "reference");
     assert_eq!(value["adapter"], "cpu (f64 reference)");
     assert_eq!(value["batch"], expected.stats.batch);
     assert_eq!(value["classes"], classes as u64);
@@ -292,7 +292,46 @@ fn shape2() -> [u64; 2] {
 // Success paths
 
 #[test]
-fn labels_on_cpu_match_the_reference_exactly() {
+fn labels_on_the_reference_backend_match_the_reference_exactly() {
+    let dir = tempfile::tempdir().unwrap();
+    let d = Data::new(1);
+    let logits = npy(dir.path(), "x.npy", &shape2(), &d.logits_f32());
+    let labels = npy(dir.path(), "y.npy", &[B as u64], &d.labels);
+    let cw = npy(dir.path(), "cw.npy", &[C as u64], &d.class_weights);
+    let sw = npy(dir.path(), "sw.npy", &[B as u64], &d.sample_weights);
+    let r = run(&[
+        "compute",
+        "--logits",
+        &s(&logits),
+        "--labels",
+        &s(&labels),
+        "--class-weights",
+        &s(&cw),
+        "--sample-weights",
+        &s(&sw),
+        "--label-smoothing",
+        "0.1",
+        "--backend",
+        "reference",
+        "--json",
+    ]);
+    assert!(r.stderr.is_empty(), "{}", r.stderr);
+
+    let x = d.logits_f32();
+    let y = d.labels_i32();
+    let spec = CrossEntropy::new()
+        .with_class_weights(d.class_weights.clone())
+        .with_label_smoothing(0.1);
+    let batch = Batch::with_labels(&x, C, &y).sample_weights(&d.sample_weights);
+    let expected = reference::compute(&spec, &batch).unwrap();
+    assert_eq!(expected.reduction, Reduction::Mean, "mean is the default");
+    assert_json_equals(&r, &expected, C);
+    // The sample weights make loss and average_loss differ.
+    assert_ne!(expected.loss, expected.average_loss);
+}
+
+#[test]
+fn labels_on_the_fast_cpu_match_the_reference() {
     let dir = tempfile::tempdir().unwrap();
     let d = Data::new(1);
     let logits = npy(dir.path(), "x.npy", &shape2(), &d.logits_f32());
@@ -315,19 +354,35 @@ fn labels_on_cpu_match_the_reference_exactly() {
         "cpu",
         "--json",
     ]);
-    assert!(r.stderr.is_empty(), "{}", r.stderr);
+    let value = parse_json(&r);
+    assert_eq!(value["backend"], "cpu");
+    let adapter = value["adapter"].as_str().unwrap();
+    assert!(adapter.starts_with("cpu (fast, "), "{adapter}");
 
     let x = d.logits_f32();
     let y = d.labels_i32();
     let spec = CrossEntropy::new()
         .with_class_weights(d.class_weights.clone())
         .with_label_smoothing(0.1);
-    let batch = Batch::with_labels(&x, C, &y).sample_weights(&d.sample_weights);
-    let expected = reference::compute(&spec, &batch).unwrap();
-    assert_eq!(expected.reduction, Reduction::Mean, "mean is the default");
-    assert_json_equals(&r, &expected, C);
-    // The sample weights make loss and average_loss differ.
-    assert_ne!(expected.loss, expected.average_loss);
+    let expected = reference::compute(
+        &spec,
+        &Batch::with_labels(&x, C, &y).sample_weights(&d.sample_weights),
+    )
+    .unwrap();
+    let text = r.stdout.trim();
+    for (key, want) in [
+        ("loss", expected.loss),
+        ("average_loss", expected.average_loss),
+        ("sum", expected.stats.sum),
+    ] {
+        let got = json_f64(text, key).unwrap();
+        assert!(
+            (got - want).abs() <= 1e-5 * (1.0 + want.abs()),
+            "{key}: {got} vs {want}"
+        );
+    }
+    assert_eq!(value["count"], expected.stats.count);
+    assert_eq!(value["nonzero_count"], expected.stats.nonzero_count);
 }
 
 #[test]
@@ -378,7 +433,7 @@ fn f64_logits_and_integer_label_dtypes() {
             "--labels",
             &s(labels),
             "--backend",
-            "cpu",
+            "reference",
             "--json",
         ]);
         assert_json_equals(&r, &expected, C);
@@ -394,7 +449,7 @@ fn f64_logits_and_integer_label_dtypes() {
         "--labels",
         &s(&label_files[0]),
         "--backend",
-        "cpu",
+        "reference",
         "--json",
     ]);
     assert_json_equals(&r, &expected, C);
@@ -429,7 +484,7 @@ fn dense_targets_and_probabilities() {
         "--reduction",
         "sum",
         "--backend",
-        "cpu",
+        "reference",
         "--json",
     ]);
     let spec = CrossEntropy::new().with_reduction(Reduction::Sum);
@@ -447,7 +502,7 @@ fn dense_targets_and_probabilities() {
         &s(&labels),
         "--probabilities",
         "--backend",
-        "cpu",
+        "reference",
         "--json",
     ]);
     let y = d.labels_i32();
@@ -487,7 +542,7 @@ fn every_reduction_by_name() {
             "--reduction",
             reduction.name(),
             "--backend",
-            "cpu",
+            "reference",
             "--json",
         ]);
         let spec = CrossEntropy::new()
@@ -539,7 +594,7 @@ fn per_example_out_round_trip() {
             "--reduction",
             "none",
             "--backend",
-            "cpu",
+            "reference",
             "--per-example-out",
             &s(&out),
         ]);
@@ -558,7 +613,7 @@ fn per_example_out_round_trip() {
         "--labels",
         &s(&labels),
         "--backend",
-        "cpu",
+        "reference",
         "--per-example-out",
         &s(&out),
     ]);
@@ -589,7 +644,7 @@ fn human_output() {
         "--reduction",
         "sum-over-batch-size",
         "--backend",
-        "cpu",
+        "reference",
     ]);
     assert_ok(&r);
     let x = d.logits_f32();
@@ -608,7 +663,7 @@ fn human_output() {
             })
             .unwrap_or_else(|| panic!("{name} missing from:\n{}", r.stdout))
     };
-    assert_eq!(field("backend"), "cpu");
+    assert_eq!(field("backend"), "reference");
     assert_eq!(field("batch"), B.to_string());
     assert_eq!(field("classes"), C.to_string());
     assert_eq!(field("reduction"), "sum-over-batch-size");

@@ -50,7 +50,7 @@ fn grad_out_matches_the_reference() {
         .with_gradient(true);
     let want = reference::compute(&spec, &Batch::with_labels(&logits, C, &labels32)).unwrap();
     let want_gradient = want.gradient.unwrap();
-    for backend in ["cpu", "gpu"] {
+    for backend in ["reference", "cpu", "gpu"] {
         let (code, stdout, stderr) = run(&[
             "compute",
             "--logits",
@@ -88,12 +88,12 @@ fn grad_out_matches_the_reference() {
         let (shape, gradient) = read_f32(&g);
         assert_eq!(shape, [B as u64, C as u64]);
         for (k, (&got, &w)) in gradient.iter().zip(&want_gradient).enumerate() {
-            if backend == "cpu" {
-                assert_eq!(got, w, "cpu element {k}");
+            if backend == "reference" {
+                assert_eq!(got, w, "reference element {k}");
             } else {
                 assert!(
                     (got - w).abs() <= 1e-5 * (1.0 + w.abs()) * 10.0,
-                    "gpu element {k}: {got} vs {w}"
+                    "{backend} element {k}: {got} vs {w}"
                 );
             }
         }
@@ -118,7 +118,7 @@ fn float16_logits_are_accepted() {
         "--labels",
         y.to_str().unwrap(),
         "--backend",
-        "cpu",
+        "reference",
         "--json",
     ]);
     assert_eq!(code, Some(0), "{stderr}");

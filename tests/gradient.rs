@@ -320,7 +320,7 @@ fn logits_only_options_are_rejected_for_probabilities() {
     let p = [0.25f32, 0.75];
     let batch = Batch::with_labels(&p, 2, &[0]);
     let base = CrossEntropy::new().with_input(InputKind::Probabilities);
-    let mut engines = vec![Engine::cpu()];
+    let mut engines = vec![Engine::cpu(), Engine::reference()];
     engines.extend(gpu());
     for engine in &engines {
         let r = engine.compute_blocking(&base.clone().with_gradient(true), &batch);

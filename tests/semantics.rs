@@ -11,7 +11,7 @@ use fused_loss::*;
 const LN3: f32 = 1.098_612_3;
 
 fn engines() -> Vec<Engine> {
-    let mut engines = vec![Engine::cpu()];
+    let mut engines = vec![Engine::cpu(), Engine::reference()];
     engines.extend(gpu());
     engines
 }

@@ -28,8 +28,8 @@ Environment: FUSED_LOSS_REQUIRE_GPU=1 makes `--backend auto` an error instead \
 of a fallback to the CPU when no GPU adapter works. WGPU_BACKEND, \
 WGPU_ADAPTER_NAME and WGPU_POWER_PREF choose the adapter.";
 
-/// Fused per-example cross-entropy and its reductions, on a wgpu adapter or
-/// on the CPU (the f64 reference).
+/// Fused per-example cross-entropy and its reductions, on a wgpu adapter, on
+/// the CPU (SIMD, all cores) or with the f64 reference.
 #[derive(Parser, Debug)]
 #[command(name = "fused-loss", version, about, after_help = AFTER_HELP)]
 struct Cli {
@@ -208,12 +208,15 @@ struct ComputeArgs {
 /// Where to compute.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
 enum BackendArg {
-    /// The GPU when an adapter works, else the CPU (with a note on stderr)
+    /// The GPU when an adapter works, else the fast CPU path (with a note on
+    /// stderr)
     Auto,
     /// The GPU; no adapter is an error
     Gpu,
-    /// The f64 reference on the CPU
+    /// The fast CPU path: f32 SIMD (AVX2+FMA when the CPU has it) on every core
     Cpu,
+    /// The f64 reference on the CPU: single-threaded and slow, the oracle
+    Reference,
 }
 
 /// A [`Reduction`] named as the library names it.
@@ -317,6 +320,7 @@ fn open_engine(backend: BackendArg) -> Result<Engine> {
         BackendArg::Auto => Engine::auto_blocking(),
         BackendArg::Gpu => Engine::gpu_blocking(),
         BackendArg::Cpu => Ok(Engine::cpu()),
+        BackendArg::Reference => Ok(Engine::reference()),
     }
 }
 

@@ -83,106 +83,114 @@ fn log_probs(spec: &CrossEntropy, row: &[f32]) -> Option<LogProbs> {
 /// The exact per-row results, labels checked on the host.
 pub fn row_losses(spec: &CrossEntropy, batch: &Batch<'_>) -> Result<Vec<RowLoss>> {
     batch.validate(spec)?;
-    let classes = batch.classes;
     if let Targets::Labels(labels) = batch.targets {
-        check_labels(labels, classes, spec.ignore_index)?;
+        check_labels(labels, batch.classes, spec.ignore_index)?;
     }
+    let mut coefficients = vec![0.0f64; batch.classes];
+    Ok((0..batch.batch)
+        .map(|n| row_loss(spec, batch, n, &mut coefficients))
+        .collect())
+}
+
+/// Row `n`'s exact results, for a batch already validated and label-checked.
+/// `coefficients` is scratch space of length C.
+pub(crate) fn row_loss(
+    spec: &CrossEntropy,
+    batch: &Batch<'_>,
+    n: usize,
+    coefficients: &mut [f64],
+) -> RowLoss {
+    let classes = batch.classes;
     let eps = spec.label_smoothing as f64;
     let z_loss = spec.z_loss as f64;
     let gradient_wanted = spec.gradient && spec.input == InputKind::Logits;
     let class_weight = |c: usize| spec.class_weights.as_ref().map_or(1.0, |w| w[c] as f64);
-    let mut rows = Vec::with_capacity(batch.batch);
-    let mut coefficients = vec![0.0f64; classes];
-    for n in 0..batch.batch {
-        let s = batch.sample_weights.map_or(1.0, |w| w[n] as f64);
-        let row = &batch.logits[n * classes..(n + 1) * classes];
-        let weight = match batch.targets {
-            Targets::Labels(labels) => {
-                let y = labels[n];
-                if Some(y) == spec.ignore_index {
-                    let lse = log_probs(spec, row).map_or(f64::NAN, |l| l.lse);
-                    rows.push(RowLoss {
-                        loss: 0.0,
-                        weight: 0.0,
-                        coefficient_sum: 0.0,
-                        ignored: true,
-                        lse,
-                        gradient: if gradient_wanted {
-                            vec![0.0; classes]
-                        } else {
-                            Vec::new()
-                        },
-                    });
-                    continue;
-                }
-                let y = y as usize;
-                // a_c = s·((1−ε)·w_y·[c = y] + (ε/C)·w_c)
-                for (c, a) in coefficients.iter_mut().enumerate() {
-                    *a = s * (eps / classes as f64) * class_weight(c);
-                }
-                coefficients[y] += s * (1.0 - eps) * class_weight(y);
-                s * class_weight(y)
-            }
-            Targets::Dense(targets) => {
-                // t' = (1−ε)·t + ε/C,  a_c = s·w_c·t'_c
-                let t = &targets[n * classes..(n + 1) * classes];
-                for (c, a) in coefficients.iter_mut().enumerate() {
-                    let smoothed = (1.0 - eps) * t[c] as f64 + eps / classes as f64;
-                    *a = s * class_weight(c) * smoothed;
-                }
-                s
-            }
-        };
-        let terms = log_probs(spec, row);
-        let loss = match &terms {
-            None => f64::NAN,
-            Some(_) if s == 0.0 => 0.0,
-            // L = −Σ_c a_c·ℓ_c (zero coefficients skipped) + s·z·lse²
-            Some(t) => {
-                let cross_entropy = -coefficients
-                    .iter()
-                    .zip(&t.log_probs)
-                    .filter(|(a, _)| **a != 0.0)
-                    .map(|(a, l)| a * l)
-                    .sum::<f64>();
-                let z_term = if z_loss > 0.0 {
-                    s * z_loss * t.lse * t.lse
-                } else {
-                    0.0
+    let s = batch.sample_weights.map_or(1.0, |w| w[n] as f64);
+    let row = &batch.logits[n * classes..(n + 1) * classes];
+    let weight = match batch.targets {
+        Targets::Labels(labels) => {
+            let y = labels[n];
+            if Some(y) == spec.ignore_index {
+                let lse = log_probs(spec, row).map_or(f64::NAN, |l| l.lse);
+                return RowLoss {
+                    loss: 0.0,
+                    weight: 0.0,
+                    coefficient_sum: 0.0,
+                    ignored: true,
+                    lse,
+                    gradient: if gradient_wanted {
+                        vec![0.0; classes]
+                    } else {
+                        Vec::new()
+                    },
                 };
-                cross_entropy + z_term
             }
-        };
-        // ∂L/∂z_c = (Σ_k a_k)·p_c − a_c + 2·s·z·lse·p_c, then the softcap's
-        // chain rule ∂z_c/∂x_c = 1 − (z_c/cap)².
-        let gradient = match (&terms, gradient_wanted) {
-            (_, false) => Vec::new(),
-            (None, true) => vec![f64::NAN; classes],
-            (Some(_), true) if s == 0.0 => vec![0.0; classes],
-            (Some(t), true) => {
-                let total: f64 = coefficients.iter().sum();
-                (0..classes)
-                    .map(|c| {
-                        let p = t.log_probs[c].exp();
-                        let dz = total * p - coefficients[c] + 2.0 * s * z_loss * t.lse * p;
-                        match spec.softcap {
-                            Some(cap) => dz * (1.0 - (t.capped[c] / cap as f64).powi(2)),
-                            None => dz,
-                        }
-                    })
-                    .collect()
+            let y = y as usize;
+            // a_c = s·((1−ε)·w_y·[c = y] + (ε/C)·w_c)
+            for (c, a) in coefficients.iter_mut().enumerate() {
+                *a = s * (eps / classes as f64) * class_weight(c);
             }
-        };
-        rows.push(RowLoss {
-            loss,
-            weight,
-            coefficient_sum: coefficients.iter().map(|a| a.abs()).sum(),
-            ignored: false,
-            lse: terms.map_or(f64::NAN, |t| t.lse),
-            gradient,
-        });
+            coefficients[y] += s * (1.0 - eps) * class_weight(y);
+            s * class_weight(y)
+        }
+        Targets::Dense(targets) => {
+            // t' = (1−ε)·t + ε/C,  a_c = s·w_c·t'_c
+            let t = &targets[n * classes..(n + 1) * classes];
+            for (c, a) in coefficients.iter_mut().enumerate() {
+                let smoothed = (1.0 - eps) * t[c] as f64 + eps / classes as f64;
+                *a = s * class_weight(c) * smoothed;
+            }
+            s
+        }
+    };
+    let terms = log_probs(spec, row);
+    let loss = match &terms {
+        None => f64::NAN,
+        Some(_) if s == 0.0 => 0.0,
+        // L = −Σ_c a_c·ℓ_c (zero coefficients skipped) + s·z·lse²
+        Some(t) => {
+            let cross_entropy = -coefficients
+                .iter()
+                .zip(&t.log_probs)
+                .filter(|(a, _)| **a != 0.0)
+                .map(|(a, l)| a * l)
+                .sum::<f64>();
+            let z_term = if z_loss > 0.0 {
+                s * z_loss * t.lse * t.lse
+            } else {
+                0.0
+            };
+            cross_entropy + z_term
+        }
+    };
+    // ∂L/∂z_c = (Σ_k a_k)·p_c − a_c + 2·s·z·lse·p_c, then the softcap's
+    // chain rule ∂z_c/∂x_c = 1 − (z_c/cap)².
+    let gradient = match (&terms, gradient_wanted) {
+        (_, false) => Vec::new(),
+        (None, true) => vec![f64::NAN; classes],
+        (Some(_), true) if s == 0.0 => vec![0.0; classes],
+        (Some(t), true) => {
+            let total: f64 = coefficients.iter().sum();
+            (0..classes)
+                .map(|c| {
+                    let p = t.log_probs[c].exp();
+                    let dz = total * p - coefficients[c] + 2.0 * s * z_loss * t.lse * p;
+                    match spec.softcap {
+                        Some(cap) => dz * (1.0 - (t.capped[c] / cap as f64).powi(2)),
+                        None => dz,
+                    }
+                })
+                .collect()
+        }
+    };
+    RowLoss {
+        loss,
+        weight,
+        coefficient_sum: coefficients.iter().map(|a| a.abs()).sum(),
+        ignored: false,
+        lse: terms.map_or(f64::NAN, |t| t.lse),
+        gradient,
     }
-    Ok(rows)
 }
 
 /// The whole computation on the CPU in f64.
@@ -209,7 +217,7 @@ pub fn compute(spec: &CrossEntropy, batch: &Batch<'_>) -> Result<LossOutput> {
         }
     }
     let per_example = rows.iter().map(|r| r.loss as f32).collect();
-    let mut out = LossOutput::new(per_example, spec.reduction, stats, Backend::Cpu);
+    let mut out = LossOutput::new(per_example, spec.reduction, stats, Backend::Reference);
     if spec.gradient {
         let denominator = gradient_denominator(&stats, spec.reduction);
         let scale = if denominator == 0.0 {

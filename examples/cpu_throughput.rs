@@ -1,0 +1,123 @@
+//! Times the fast CPU path at the benchmark shapes, and the machine's
+//! memory read bandwidth, in the model bytes per second of DESIGN §6
+//! (`B·C·4 + B·12`). One line per shape: the median of the rounds.
+//!
+//! ```sh
+//! cargo run --release --example cpu_throughput               # every shape, then the bandwidth
+//! cargo run --release --example cpu_throughput -- 20 65536x10 # 20 rounds, one shape
+//! cargo run --release --example cpu_throughput -- 5 bandwidth # only the bandwidth
+//! ```
+//!
+//! `tools/xla_bench.py` prints the same lines for JAX/XLA; BENCHMARKS.md
+//! alternates the two.
+
+use std::hint::black_box;
+use std::time::Instant;
+
+use fused_loss::cpu::fast;
+use fused_loss::{Batch, CrossEntropy};
+use rayon::prelude::*;
+
+const SHAPES: [(usize, usize); 4] = [(65_536, 10), (4096, 1000), (512, 32_000), (16, 262_144)];
+
+/// The same uniform [-4, 4) logits and labels as the criterion bench.
+fn synthetic(batch: usize, classes: usize) -> (Vec<f32>, Vec<i32>) {
+    let mut state = 0x2545_f491_4f6c_dd1du64;
+    let mut next = || {
+        state ^= state << 13;
+        state ^= state >> 7;
+        state ^= state << 17;
+        state
+    };
+    let logits = (0..batch * classes)
+        .map(|_| (next() >> 40) as f32 / (1u64 << 24) as f32 * 8.0 - 4.0)
+        .collect();
+    let labels = (0..batch)
+        .map(|_| (next() % classes as u64) as i32)
+        .collect();
+    (logits, labels)
+}
+
+fn median(mut times: Vec<f64>) -> f64 {
+    times.sort_by(f64::total_cmp);
+    times[times.len() / 2]
+}
+
+/// Median seconds of `f` over `rounds`, after a warm-up call; each round
+/// repeats `f` until it has run at least 50 ms and takes the mean.
+fn time(rounds: usize, mut f: impl FnMut()) -> f64 {
+    f();
+    let times = (0..rounds)
+        .map(|_| {
+            let start = Instant::now();
+            let mut calls = 0u32;
+            while start.elapsed().as_secs_f64() < 0.05 {
+                f();
+                calls += 1;
+            }
+            start.elapsed().as_secs_f64() / calls as f64
+        })
+        .collect();
+    median(times)
+}
+
+/// Read bandwidth: a sum over a 1 GiB buffer of u64, split over rayon's
+/// threads, in bytes per second.
+fn bandwidth(rounds: usize) -> f64 {
+    let words = (1usize << 30) / 8;
+    let buffer: Vec<u64> = (0..words as u64).into_par_iter().collect();
+    let seconds = time(rounds, || {
+        let total: u64 = buffer
+            .par_chunks(1 << 16)
+            .map(|chunk| {
+                // Four independent lanes so the adds are not the limit.
+                let mut lanes = [0u64; 4];
+                for quad in chunk.chunks_exact(4) {
+                    for (lane, &x) in lanes.iter_mut().zip(quad) {
+                        *lane = lane.wrapping_add(x);
+                    }
+                }
+                lanes.iter().fold(0u64, |a, &b| a.wrapping_add(b))
+            })
+            .reduce(|| 0, u64::wrapping_add);
+        black_box(total);
+    });
+    (words * 8) as f64 / seconds
+}
+
+fn main() {
+    let mut args = std::env::args().skip(1);
+    let rounds: usize = args.next().map_or(10, |a| a.parse().expect("rounds"));
+    let wanted: Vec<String> = args.collect();
+    let want = |name: &str| wanted.is_empty() || wanted.iter().any(|w| w == name);
+    println!(
+        "fast cpu ({}, {} threads), median of {rounds} rounds",
+        fast::Isa::Detect.name(),
+        rayon::current_num_threads()
+    );
+    let spec = CrossEntropy::new();
+    for (b, c) in SHAPES {
+        let name = format!("{b}x{c}");
+        if !want(&name) {
+            continue;
+        }
+        let (logits, labels) = synthetic(b, c);
+        let batch = Batch::with_labels(&logits, c, &labels);
+        let seconds = time(rounds, || {
+            black_box(fast::cross_entropy(&spec, &batch).unwrap());
+        });
+        let bytes = (b * c * 4 + b * 12) as f64;
+        println!(
+            "{name:>10}  {:>9.1} us  {:>6.2} GB/s",
+            seconds * 1e6,
+            bytes / seconds / 1e9
+        );
+    }
+    if want("bandwidth") {
+        println!(
+            "{:>10}  {:>6.2} GB/s (sum over 1 GiB)",
+            "bandwidth",
+            bandwidth(rounds) / 1e9
+        );
+    }
+}

@@ -1,0 +1,238 @@
+//! Narrow rows (C ≤ 16, labels): one row per SIMD lane. A group of rows is
+//! transposed so that vector `c` holds class c of every row; the max, the
+//! exps, the target pick, the log and the loss are then all vector ops
+//! across rows. C is a const parameter, so the transpose and the class loop
+//! are fully unrolled.
+
+use pulp::Simd;
+
+use super::vmath::{self, LOG2E};
+use super::{ChunkOut, Plan, MAX_LANES};
+
+#[inline(always)]
+pub(super) fn narrow_rows<S: Simd>(simd: S, plan: &Plan<'_>, out: &mut ChunkOut<'_>) {
+    macro_rules! widths {
+        ($($c:literal)*) => {
+            match plan.classes {
+                $($c => narrow_with::<S, $c>(simd, plan, out),)*
+                _ => unreachable!("narrow rows have at most 16 classes"),
+            }
+        };
+    }
+    widths!(1 2 3 4 5 6 7 8 9 10 11 12 13 14 15 16);
+}
+
+#[inline(always)]
+fn narrow_with<S: Simd, const C: usize>(simd: S, plan: &Plan<'_>, out: &mut ChunkOut<'_>) {
+    let lanes = S::F32_LANES;
+    let labels = plan.labels.unwrap_or(&[]);
+    let cap = plan.softcap;
+    let eps = plan.smoothing as f32;
+    let keep = 1.0 - eps;
+    let spread = (plan.smoothing / C as f64) as f32;
+    let weight_sum = plan.class_weight_sum as f32;
+    let z_loss = plan.z_loss as f32;
+    let smoothing = eps > 0.0;
+    let class_weights: [f32; C] = std::array::from_fn(|c| plan.class_weight(c));
+
+    let splat = |v: f32| simd.splat_f32s(v);
+    let zero = splat(0.0);
+    let inf = splat(f32::INFINITY);
+    let mut lane_values = [0.0f32; MAX_LANES];
+    let mut scratch = Vec::new();
+    let rows = out.rows.clone();
+    let mut first = rows.start;
+    while first < rows.end {
+        let valid = (rows.end - first).min(lanes);
+        let xs = transpose::<S, C>(simd, plan.batch.logits, first, valid);
+
+        // Per-row inputs; padding lanes read label 0, weight 1: never stored.
+        let label = vmath::load_i32(simd, &labels[first..first + valid]);
+        let ignored = plan
+            .spec
+            .ignore_index
+            .map(|ignore| simd.equal_i32s(label, simd.splat_i32s(ignore)));
+        let label = simd.transmute_u32s_i32s(label);
+        let mut sample = match plan.batch.sample_weights {
+            Some(weights) => vmath::load(simd, &weights[first..first + valid]),
+            None => splat(1.0),
+        };
+        let mut hard = match plan.class_weights {
+            Some(weights) => {
+                for (r, value) in lane_values[..valid].iter_mut().enumerate() {
+                    let y = labels[first + r];
+                    *value = if Some(y) == plan.spec.ignore_index {
+                        0.0
+                    } else {
+                        keep * weights[y as usize]
+                    };
+                }
+                vmath::load(simd, &lane_values[..valid])
+            }
+            None => splat(keep),
+        };
+        if let Some(ignored) = ignored {
+            sample = simd.select_f32s(ignored, zero, sample);
+            hard = simd.select_f32s(ignored, zero, hard);
+        }
+
+        let mut raw_max = xs[0];
+        for &x in &xs[1..] {
+            raw_max = simd.max_f32s(raw_max, x);
+        }
+        let m = match cap {
+            Some(cap) => vmath::softcap(simd, raw_max, cap),
+            None => raw_max,
+        };
+        // M = fl(m·log2 e); `rounding` is exactly m·log2 e − M.
+        let big_m = simd.mul_f32s(m, splat(LOG2E));
+        let rounding = simd.mul_add_f32s(m, splat(LOG2E), simd.neg_f32s(big_m));
+        let neg_m = simd.neg_f32s(big_m);
+        let (mut exp, mut t_sum, mut target, mut spread_sum) = (zero, zero, zero, zero);
+        for (c, &x) in xs.iter().enumerate() {
+            let x = match cap {
+                Some(cap) => vmath::softcap(simd, x, cap),
+                None => x,
+            };
+            let t = simd.mul_add_f32s(x, splat(LOG2E), neg_m);
+            t_sum = simd.add_f32s(t_sum, t);
+            exp = simd.add_f32s(exp, vmath::exp2(simd, t));
+            let is_target = simd.equal_u32s(label, simd.splat_u32s(c as u32));
+            target = simd.select_f32s(is_target, x, target);
+            if smoothing {
+                // Σ_c w_c·(m − x_c), every term ≥ 0.
+                spread_sum =
+                    simd.mul_add_e_f32s(splat(class_weights[c]), simd.sub_f32s(m, x), spread_sum);
+            }
+        }
+        // lse − m = (log2 Σ + rounding)·ln 2
+        let offset = simd.mul_f32s(
+            simd.add_f32s(vmath::log2(simd, exp), rounding),
+            splat(std::f32::consts::LN_2),
+        );
+        let lse = simd.add_f32s(m, offset);
+        let nll = simd.mul_f32s(hard, simd.add_f32s(simd.sub_f32s(m, target), offset));
+        let mut loss = simd.select_f32s(simd.equal_f32s(hard, zero), zero, nll);
+        if smoothing {
+            let smooth = simd.mul_add_e_f32s(splat(weight_sum), offset, spread_sum);
+            loss = simd.mul_add_e_f32s(splat(spread), smooth, loss);
+        }
+        if z_loss > 0.0 {
+            loss = simd.mul_add_e_f32s(simd.mul_f32s(splat(z_loss), lse), lse, loss);
+        }
+        let loss = simd.select_f32s(
+            simd.equal_f32s(sample, zero),
+            zero,
+            simd.mul_f32s(sample, loss),
+        );
+
+        // Lanes the f32 sums cannot vouch for go to the f64 reference. A
+        // finite M implies a finite m; M overflows for |m| > 2.4e38.
+        let mut ok = simd.and_m32s(
+            simd.less_than_f32s(simd.abs_f32s(big_m), inf),
+            simd.less_than_f32s(raw_max, inf),
+        );
+        ok = simd.and_m32s(
+            ok,
+            if smoothing {
+                simd.less_than_f32s(simd.abs_f32s(t_sum), inf)
+            } else {
+                simd.equal_f32s(t_sum, t_sum)
+            },
+        );
+        let i = first - rows.start;
+        vmath::store(simd, &mut out.losses[i..i + valid], loss);
+        if let Some(lses) = out.lse.as_deref_mut() {
+            vmath::store(simd, &mut lses[i..i + valid], lse);
+        }
+        let ok = simd.select_f32s(ok, splat(1.0), zero);
+        if simd.reduce_min_f32s(ok) == 0.0 {
+            vmath::store(simd, &mut lane_values[..valid], ok);
+            for (r, &lane_ok) in lane_values[..valid].iter().enumerate() {
+                if lane_ok == 0.0 && plan.active(first + r) {
+                    out.careful(plan, first + r, &mut scratch);
+                }
+            }
+        }
+        first += valid;
+    }
+}
+
+/// Vector c ← class c of rows `first..first + valid` (zeros in the lanes
+/// past `valid`). AVX2 transposes 8 rows × 8 classes at a time in
+/// registers; other archs fill the lanes one by one.
+#[inline(always)]
+fn transpose<S: Simd, const C: usize>(
+    simd: S,
+    logits: &[f32],
+    first: usize,
+    valid: usize,
+) -> [S::f32s; C] {
+    let zero = simd.splat_f32s(0.0);
+    let mut xs = [zero; C];
+    #[cfg(target_arch = "x86_64")]
+    if let Some(&v3) = (&simd as &dyn std::any::Any).downcast_ref::<pulp::x86::V3>() {
+        // 8 values of row `first + r` from class `from`, running into the
+        // next rows (those lanes go unused), cut short at the end of the batch.
+        let load = |r: usize, from: usize| {
+            if r >= valid {
+                return pulp::f32x8(0.0, 0.0, 0.0, 0.0, 0.0, 0.0, 0.0, 0.0);
+            }
+            let at = (first + r) * C + from;
+            vmath::load(v3, &logits[at..(at + 8).min(logits.len())])
+        };
+        for from in (0..C).step_by(8) {
+            let columns = transpose_8x8(v3, std::array::from_fn(|r| load(r, from)));
+            for (f, column) in columns.iter().enumerate().take(C - from) {
+                xs[from + f] = bytemuck::pod_read_unaligned(bytemuck::bytes_of(column));
+            }
+        }
+        return xs;
+    }
+    let mut column = [0.0f32; MAX_LANES];
+    for (c, x) in xs.iter_mut().enumerate() {
+        for (r, value) in column[..valid].iter_mut().enumerate() {
+            *value = logits[(first + r) * C + c];
+        }
+        *x = vmath::load(simd, &column[..valid]);
+    }
+    xs
+}
+
+/// The 8×8 transpose of `rows` with AVX shuffles.
+#[cfg(target_arch = "x86_64")]
+#[inline(always)]
+fn transpose_8x8(simd: pulp::x86::V3, rows: [pulp::f32x8; 8]) -> [pulp::f32x8; 8] {
+    use std::arch::x86_64::__m256;
+    let avx = simd.avx;
+    let r: [__m256; 8] = rows.map(pulp::cast);
+    // Pairs of rows interleaved: t[2k] = r[2k][0] r[2k+1][0] r[2k][1] r[2k+1][1] | [4] [5].
+    let t: [__m256; 8] = std::array::from_fn(|i| {
+        let (a, b) = (r[i / 2 * 2], r[i / 2 * 2 + 1]);
+        if i % 2 == 0 {
+            avx._mm256_unpacklo_ps(a, b)
+        } else {
+            avx._mm256_unpackhi_ps(a, b)
+        }
+    });
+    // Four rows of one class per 128-bit half: u[4k + j] holds classes j, j+4.
+    let u = [
+        avx._mm256_shuffle_ps::<0x44>(t[0], t[2]),
+        avx._mm256_shuffle_ps::<0xEE>(t[0], t[2]),
+        avx._mm256_shuffle_ps::<0x44>(t[1], t[3]),
+        avx._mm256_shuffle_ps::<0xEE>(t[1], t[3]),
+        avx._mm256_shuffle_ps::<0x44>(t[4], t[6]),
+        avx._mm256_shuffle_ps::<0xEE>(t[4], t[6]),
+        avx._mm256_shuffle_ps::<0x44>(t[5], t[7]),
+        avx._mm256_shuffle_ps::<0xEE>(t[5], t[7]),
+    ];
+    let columns: [__m256; 8] = std::array::from_fn(|c| {
+        let (a, b) = (u[c % 4], u[4 + c % 4]);
+        if c < 4 {
+            avx._mm256_permute2f128_ps::<0x20>(a, b)
+        } else {
+            avx._mm256_permute2f128_ps::<0x31>(a, b)
+        }
+    });
+    columns.map(pulp::cast)
+}
