@@ -432,7 +432,7 @@ fn audit_takes_the_soft_cap_and_the_z_loss() {
     let out = d.path("capped");
     let v = ok(&run(&d.args(&[
         "--backend",
-        "cpu",
+        "reference",
         "--softcap",
         "2.5",
         "--top",
@@ -455,7 +455,7 @@ fn audit_takes_the_soft_cap_and_the_z_loss() {
     let out = d.path("both");
     let cpu = ok(&run(&d.args(&[
         "--backend",
-        "cpu",
+        "reference",
         "--softcap",
         "2.5",
         "--z-loss",
