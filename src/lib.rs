@@ -56,6 +56,7 @@
 
 pub mod cpu;
 pub mod diagnostics;
+pub mod dtype;
 mod engine;
 mod error;
 pub mod gpu;
@@ -63,6 +64,7 @@ mod output;
 mod spec;
 pub mod tensorboard;
 
+pub use dtype::{GradientDtype, HalfElement, LogitDtype, LogitElement};
 pub use engine::{gpu_required, Engine, REQUIRE_GPU_ENV};
 pub use error::{Error, Result};
 pub use gpu::{

@@ -6,7 +6,12 @@
 //! - a row with a NaN or `+inf` input, or whose logits are all `−inf`, has a
 //!   NaN loss (unless the row is ignored, when it is 0);
 //! - a row with `s_n = 0` has `L_n = 0` unless the rule above makes it NaN.
+//!
+//! Half-precision logits are widened exactly (to f32, then f64); with
+//! [`GradientDtype::Input`] the gradient is rounded once, from f64, to their
+//! type.
 
+use crate::dtype::{GradientDtype, LogitElement};
 use crate::error::{Error, Result};
 use crate::output::{gradient_denominator, Backend, LossOutput, LossStats};
 use crate::spec::{check_labels, Batch, CrossEntropy, InputKind, Targets, PROBABILITY_EPSILON};
@@ -81,7 +86,10 @@ fn log_probs(spec: &CrossEntropy, row: &[f32]) -> Option<LogProbs> {
 }
 
 /// The exact per-row results, labels checked on the host.
-pub fn row_losses(spec: &CrossEntropy, batch: &Batch<'_>) -> Result<Vec<RowLoss>> {
+pub fn row_losses<T: LogitElement>(
+    spec: &CrossEntropy,
+    batch: &Batch<'_, T>,
+) -> Result<Vec<RowLoss>> {
     batch.validate(spec)?;
     let classes = batch.classes;
     if let Targets::Labels(labels) = batch.targets {
@@ -93,9 +101,10 @@ pub fn row_losses(spec: &CrossEntropy, batch: &Batch<'_>) -> Result<Vec<RowLoss>
     let class_weight = |c: usize| spec.class_weights.as_ref().map_or(1.0, |w| w[c] as f64);
     let mut rows = Vec::with_capacity(batch.batch);
     let mut coefficients = vec![0.0f64; classes];
+    let logits = T::to_f32_slice(batch.logits);
     for n in 0..batch.batch {
         let s = batch.sample_weights.map_or(1.0, |w| w[n] as f64);
-        let row = &batch.logits[n * classes..(n + 1) * classes];
+        let row = &logits[n * classes..(n + 1) * classes];
         let weight = match batch.targets {
             Targets::Labels(labels) => {
                 let y = labels[n];
@@ -186,7 +195,7 @@ pub fn row_losses(spec: &CrossEntropy, batch: &Batch<'_>) -> Result<Vec<RowLoss>
 }
 
 /// The whole computation on the CPU in f64.
-pub fn compute(spec: &CrossEntropy, batch: &Batch<'_>) -> Result<LossOutput> {
+pub fn compute<T: LogitElement>(spec: &CrossEntropy, batch: &Batch<'_, T>) -> Result<LossOutput> {
     let rows = row_losses(spec, batch)?;
     let mut stats = LossStats {
         batch: batch.batch as u64,
@@ -217,9 +226,13 @@ pub fn compute(spec: &CrossEntropy, batch: &Batch<'_>) -> Result<LossOutput> {
         } else {
             1.0 / denominator
         };
+        let dtype = match spec.gradient_dtype {
+            GradientDtype::F32 => crate::LogitDtype::F32,
+            GradientDtype::Input => T::DTYPE,
+        };
         out.gradient = Some(
             rows.iter()
-                .flat_map(|r| r.gradient.iter().map(move |g| (g * scale) as f32))
+                .flat_map(|r| r.gradient.iter().map(move |g| dtype.round(g * scale)))
                 .collect(),
         );
     }
