@@ -261,38 +261,61 @@ fn resident_bad_input_is_a_typed_error() {
 /// (16.4 MB of logits) and reported by the test output.
 #[test]
 fn in_place_extra_memory_is_linear_in_the_batch() {
-    let Some(engine) = gpu() else { return };
-    let ctx = engine.gpu_context().unwrap();
     let (b, c) = (4096, 1000);
     let mut rng = Rng::new(79);
-    let x = buffer(ctx, bytemuck::cast_slice(&rng.logits(b * c, 4.0)), STORAGE);
-    let y = buffer(ctx, bytemuck::cast_slice(&rng.labels(b, c)), STORAGE);
-    let losses = empty(ctx, b as u64 * 4, READABLE);
-    let batch = DeviceBatch {
-        logits: DeviceSlice::new(&x),
-        logits_dtype: LogitDtype::F32,
-        batch: b,
-        classes: c,
-        targets: DeviceTargets::Labels(DeviceSlice::new(&y)),
-        sample_weights: None,
-    };
-    let outputs = DeviceOutputs {
-        per_example: DeviceSlice::new(&losses),
-        gradient: Some(GradientOutput::InPlace),
-        row_lse: None,
-    };
-    ctx.submit_resident_blocking(&CrossEntropy::new(), &batch, &outputs)
-        .unwrap()
-        .read_blocking()
-        .unwrap();
-    let extra = ctx.pool_bytes();
-    let logits_bytes = (b * c * 4) as u64;
-    eprintln!("in-place {b}x{c}: {extra} bytes of extra device memory ({:.2} bytes per row; logits are {logits_bytes} bytes)", extra as f64 / b as f64);
-    // At most one 56-byte partial a row, row stats (8 bytes a row) when the
-    // logits are read twice, and the uniforms: linear in B, nothing of size
-    // B×C.
-    assert!(extra <= 64 * b as u64 + 64 * 1024, "{extra} bytes");
-    assert!(extra * 50 < logits_bytes, "{extra} bytes");
+    let wide = rng.logits(b * c, 4.0);
+    let labels = rng.labels(b, c);
+    let bf16s: Vec<u8> = wide
+        .iter()
+        .flat_map(|&v| half::bf16::from_f32(v).to_bits().to_le_bytes())
+        .collect();
+    let runs: [(LogitDtype, &[u8], Option<bool>); 4] = [
+        (LogitDtype::F32, bytemuck::cast_slice(&wide), None),
+        (LogitDtype::F32, bytemuck::cast_slice(&wide), Some(false)),
+        (LogitDtype::Bf16, &bf16s, None),
+        (LogitDtype::Bf16, &bf16s, Some(false)),
+    ];
+    for (dtype, logits, single_read) in runs {
+        // A fresh context each time: the pool holds only this call's buffers.
+        let Some(engine) = gpu_with(GpuOptions {
+            single_read,
+            ..Default::default()
+        }) else {
+            return;
+        };
+        let ctx = engine.gpu_context().unwrap();
+        let x = buffer(ctx, logits, STORAGE);
+        let y = buffer(ctx, bytemuck::cast_slice(&labels), STORAGE);
+        let losses = empty(ctx, b as u64 * 4, READABLE);
+        let batch = DeviceBatch {
+            logits: DeviceSlice::new(&x),
+            logits_dtype: dtype,
+            batch: b,
+            classes: c,
+            targets: DeviceTargets::Labels(DeviceSlice::new(&y)),
+            sample_weights: None,
+        };
+        let outputs = DeviceOutputs {
+            per_example: DeviceSlice::new(&losses),
+            gradient: Some(GradientOutput::InPlace),
+            row_lse: None,
+        };
+        ctx.submit_resident_blocking(&CrossEntropy::new(), &batch, &outputs)
+            .unwrap()
+            .read_blocking()
+            .unwrap();
+        let extra = ctx.pool_bytes();
+        let logits_bytes = logits.len() as u64;
+        eprintln!(
+            "in-place {b}x{c} {dtype} single_read={single_read:?}: {extra} bytes of extra device memory ({:.2} bytes per row; logits are {logits_bytes} bytes)",
+            extra as f64 / b as f64
+        );
+        // At most one 56-byte partial a row, row stats (8 bytes a row) when
+        // the logits are read twice, and the uniforms: linear in B, nothing
+        // of size B×C.
+        assert!(extra <= 64 * b as u64 + 64 * 1024, "{extra} bytes");
+        assert!(extra * 25 < logits_bytes, "{extra} bytes");
+    }
 }
 
 /// Sample weights on the device are checked there: the first negative or
