@@ -883,7 +883,7 @@ fn write_temp_npy<T: npyz::AutoSerialize + Copy>(
         path: path.to_path_buf(),
         source,
     };
-    let mut bytes = Vec::with_capacity(128 + std::mem::size_of::<T>() * data.len());
+    let mut bytes = Vec::with_capacity(128 + std::mem::size_of_val(data));
     {
         let mut writer = npyz::WriteOptions::<T>::new()
             .default_dtype()
