@@ -1,11 +1,14 @@
 // Fused per-example cross-entropy for narrow rows: one invocation per row,
 // no barrier per row. Thread t of a workgroup takes rows first + t,
 // first + t + WG, ...; a shared-memory tree combines the threads' partials
-// once per workgroup. Prepended with partial.wgsl and
-// cross_entropy_row.wgsl. Host side: src/gpu/cross_entropy.rs.
+// once per workgroup. Prepended with partial.wgsl, cross_entropy_row.wgsl,
+// a logits_*.wgsl library and cross_entropy_forward.wgsl.
+// Host side: src/gpu/cross_entropy.rs.
 
 // Keep in sync with gpu::cross_entropy::NARROW_WORKGROUP_SIZE.
 const WG: u32 = 128u;
+
+@group(0) @binding(1) var<storage, read> logits: array<LogitWord>; // this chunk
 
 var<workgroup> shared_partials: array<Partial, WG>;
 

@@ -1,8 +1,10 @@
 // Library, no entry point: the uniform and the per-row math (DESIGN §2)
 // shared by the forward kernels (wide, narrow) and the gradient kernels.
 // The including files declare the bindings `params`, `logits`,
-// `dense_targets`, `labels`, `class_weights` and `sample_weights`.
-// The host prepends it (gpu::shader_source). CPU twin: src/cpu/reference.rs.
+// `dense_targets`, `labels`, `class_weights` and `sample_weights`, and a
+// logits_*.wgsl library reads the logits (`load_logit`, as f32 whatever
+// their storage). The host prepends it (gpu::shader_source). CPU twin:
+// src/cpu/reference.rs.
 
 const FLAG_DENSE: u32 = 1u;
 const FLAG_PROBABILITIES: u32 = 2u;
@@ -14,6 +16,7 @@ const FLAG_SOFTCAP: u32 = 64u;
 const FLAG_Z_LOSS: u32 = 128u;
 const FLAG_ROW_STATS: u32 = 256u;
 const FLAG_VEC4: u32 = 512u;       // rows may be read as vec4s (C % 4 == 0)
+const FLAG_NARROW_PARTITION: u32 = 1024u; // cross_entropy_weights.wgsl only
 const PROB_EPS: f32 = 1e-7;
 
 // Keep in sync with gpu::cross_entropy::Params.
@@ -67,7 +70,7 @@ fn soft_cap(x: f32) -> f32 {
 
 // Logit i after the optional soft-cap.
 fn logit(i: u32) -> f32 {
-    return soft_cap(logits[i]);
+    return soft_cap(load_logit(i));
 }
 
 fn class_weight(c: u32) -> f32 {
@@ -140,23 +143,40 @@ fn needs_class_sums() -> bool {
     return has(FLAG_DENSE) || has(FLAG_SMOOTHING);
 }
 
-fn logit_sums(base: u32, pivot: f32, lo: u32, step: u32) -> RowSums {
-    var out = RowSums(vec2<f32>(bitcast<f32>(0xff800000u), 0.0), 0.0, 0.0, 0u);
-    let sums = needs_class_sums();
-    for (var c = lo; c < params.classes; c += step) {
-        let raw = logits[base + c];
-        out.bad |= u32(is_poison(raw));
-        let x = soft_cap(raw);
-        out.lse = lse_push(out.lse, x);
-        if sums {
-            let a = coefficient(base, c);
-            out.total += a;
-            if a != 0.0 {
-                out.acc += a * (x - pivot);
-            }
+fn empty_row_sums() -> RowSums {
+    return RowSums(vec2<f32>(bitcast<f32>(0xff800000u), 0.0), 0.0, 0.0, 0u);
+}
+
+// Adds class c, whose stored logit is `raw`, to a share of a row's sums;
+// `sums` is needs_class_sums(). The single-read kernels call it too, so that
+// both paths do the same arithmetic.
+fn push_logit(out: ptr<function, RowSums>, base: u32, c: u32, raw: f32, pivot: f32, sums: bool) {
+    (*out).bad |= u32(is_poison(raw));
+    let x = soft_cap(raw);
+    (*out).lse = lse_push((*out).lse, x);
+    if sums {
+        let a = coefficient(base, c);
+        (*out).total += a;
+        if a != 0.0 {
+            (*out).acc += a * (x - pivot);
         }
     }
+}
+
+fn logit_sums(base: u32, pivot: f32, lo: u32, step: u32) -> RowSums {
+    var out = empty_row_sums();
+    let sums = needs_class_sums();
+    for (var c = lo; c < params.classes; c += step) {
+        push_logit(&out, base, c, load_logit(base + c), pivot, sums);
+    }
     return out;
+}
+
+// The log-sum-exp a row's gradient uses (and `row_lse` reports): NaN when
+// the row saw NaN or +inf, or every logit was −inf.
+fn stored_lse(sums: RowSums) -> f32 {
+    let no_lse = sums.bad != 0u || sums.lse.y <= 0.0;
+    return select(sums.lse.x + log(sums.lse.y), quiet_nan(), no_lse);
 }
 
 // First pass over probabilities: (Σ p, saw a non-finite value).
@@ -164,7 +184,7 @@ fn probability_total(base: u32, lo: u32, step: u32) -> vec2<f32> {
     var total = 0.0;
     var bad = 0.0;
     for (var c = lo; c < params.classes; c += step) {
-        let p = logits[base + c];
+        let p = load_logit(base + c);
         bad = max(bad, f32(!is_finite(p)));
         total += p;
     }
@@ -182,7 +202,7 @@ fn probability_sums(base: u32, total: f32, lo: u32, step: u32) -> f32 {
         for (var c = lo; c < params.classes; c += step) {
             let a = coefficient(base, c);
             if a != 0.0 {
-                acc += a * clipped_log(logits[base + c], total);
+                acc += a * clipped_log(load_logit(base + c), total);
             }
         }
     }

@@ -5,11 +5,14 @@
 // subgroup order. Needs `Features::SUBGROUP`. Subgroup s of a workgroup
 // takes rows first + s, first + s + num_subgroups, ... Prepended with
 // partial.wgsl, cross_entropy_row.wgsl and cross_entropy_forward.wgsl.
-// Prepended also with logits_vec4_binding.wgsl or logits_vec4_scalar.wgsl
+// Prepended also with a logits_*.wgsl library (`load_logit`) and with
+// logits_vec4_binding.wgsl (f32 logits only) or logits_vec4_scalar.wgsl
 // (`load4`). Host side: src/gpu/cross_entropy.rs.
 
 // Keep in sync with gpu::cross_entropy::SUBGROUP_WORKGROUP_SIZE.
 const WG: u32 = 128u;
+
+@group(0) @binding(1) var<storage, read> logits: array<LogitWord>; // this chunk
 
 // One slot per subgroup; subgroups hold at least one invocation.
 var<workgroup> subgroup_partials: array<Partial, WG>;
@@ -22,16 +25,16 @@ fn plain_logit_sums(base: u32, lo: u32, step: u32) -> RowSums {
     let classes = params.classes;
     var c = lo;
     for (; c + 3u * step < classes; c += 4u * step) {
-        let r0 = logits[base + c];
-        let r1 = logits[base + c + step];
-        let r2 = logits[base + c + 2u * step];
-        let r3 = logits[base + c + 3u * step];
+        let r0 = load_logit(base + c);
+        let r1 = load_logit(base + c + step);
+        let r2 = load_logit(base + c + 2u * step);
+        let r3 = load_logit(base + c + 3u * step);
         let r = vec4<f32>(r0, r1, r2, r3);
         bad |= poison4(r);
         state = push4(state, soft_cap4(r));
     }
     for (; c < classes; c += step) {
-        let raw = logits[base + c];
+        let raw = load_logit(base + c);
         bad |= u32(is_poison(raw));
         state = lse_push(state, soft_cap(raw));
     }

@@ -1,48 +1,11 @@
 // Fused per-example cross-entropy for wide rows: one workgroup walks
 // `rows_per_group` consecutive rows; for each row its threads stride over
 // the classes, a shared-memory tree combines them, and thread 0 finishes the
-// row into the workgroup's partial. Prepended with partial.wgsl and
-// cross_entropy_row.wgsl. Host side: src/gpu/cross_entropy.rs.
+// row into the workgroup's partial. Prepended with partial.wgsl,
+// cross_entropy_row.wgsl, a logits_*.wgsl library, cross_entropy_forward.wgsl
+// and cross_entropy_wide_tree.wgsl. Host side: src/gpu/cross_entropy.rs.
 
-// Keep in sync with gpu::cross_entropy::WIDE_WORKGROUP_SIZE.
-const WG: u32 = 128u;
-
-var<workgroup> sh_max: array<f32, WG>;
-var<workgroup> sh_sum: array<f32, WG>;
-var<workgroup> sh_acc: array<f32, WG>;
-var<workgroup> sh_tot: array<f32, WG>;
-var<workgroup> sh_bad: array<u32, WG>;
-
-fn share(lid: u32, sums: RowSums) {
-    sh_max[lid] = sums.lse.x;
-    sh_sum[lid] = sums.lse.y;
-    sh_acc[lid] = sums.acc;
-    sh_tot[lid] = sums.total;
-    sh_bad[lid] = sums.bad;
-}
-
-// Tree-reduces the shared arrays into slot 0; call from uniform control flow.
-fn reduce_workgroup(lid: u32) -> RowSums {
-    for (var stride = WG / 2u; stride > 0u; stride /= 2u) {
-        workgroupBarrier();
-        if lid < stride {
-            let merged = lse_merge(
-                vec2<f32>(sh_max[lid], sh_sum[lid]),
-                vec2<f32>(sh_max[lid + stride], sh_sum[lid + stride]),
-            );
-            sh_max[lid] = merged.x;
-            sh_sum[lid] = merged.y;
-            sh_acc[lid] += sh_acc[lid + stride];
-            sh_tot[lid] += sh_tot[lid + stride];
-            sh_bad[lid] |= sh_bad[lid + stride];
-        }
-    }
-    workgroupBarrier();
-    let out = RowSums(vec2<f32>(sh_max[0], sh_sum[0]), sh_acc[0], sh_tot[0], sh_bad[0]);
-    // Everyone has read slot 0 before the next row overwrites it.
-    workgroupBarrier();
-    return out;
-}
+@group(0) @binding(1) var<storage, read> logits: array<LogitWord>; // this chunk
 
 @compute @workgroup_size(WG)
 fn main(

@@ -16,6 +16,8 @@ struct Partial {
     first_bad_row: u32,
     bad_label: i32,
     first_nonfinite_row: u32,
+    first_bad_weight_row: u32,    // first row with a negative or NaN sample weight
+    bad_weight: f32,              // its weight
 }
 
 fn is_finite(x: f32) -> bool {
@@ -42,7 +44,7 @@ fn ff_add(a: vec2<f32>, b: vec2<f32>) -> vec2<f32> {
 }
 
 fn identity_partial() -> Partial {
-    return Partial(vec2<f32>(0.0), vec2<f32>(0.0), vec2<f32>(0.0), 0u, 0u, 0u, NO_ROW, 0i, NO_ROW);
+    return Partial(vec2<f32>(0.0), vec2<f32>(0.0), vec2<f32>(0.0), 0u, 0u, 0u, NO_ROW, 0i, NO_ROW, NO_ROW, 0.0);
 }
 
 // Order-free except for the float-float sums, which callers combine in a
@@ -60,5 +62,9 @@ fn combine(a: Partial, b: Partial) -> Partial {
         out.bad_label = b.bad_label;
     }
     out.first_nonfinite_row = min(a.first_nonfinite_row, b.first_nonfinite_row);
+    if b.first_bad_weight_row < a.first_bad_weight_row {
+        out.first_bad_weight_row = b.first_bad_weight_row;
+        out.bad_weight = b.bad_weight;
+    }
     return out;
 }

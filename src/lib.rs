@@ -60,6 +60,7 @@
 
 pub mod cpu;
 pub mod diagnostics;
+pub mod dtype;
 mod engine;
 mod error;
 pub mod gpu;
@@ -67,6 +68,7 @@ mod output;
 mod spec;
 pub mod tensorboard;
 
+pub use dtype::{GradientDtype, HalfElement, LogitDtype, LogitElement};
 pub use engine::{gpu_required, Engine, REQUIRE_GPU_ENV};
 pub use error::{Error, Result};
 pub use gpu::{

@@ -4,6 +4,7 @@
 use std::fmt;
 use std::str::FromStr;
 
+use crate::dtype::{GradientDtype, LogitElement};
 use crate::error::{Error, Result};
 
 /// Whether the `[B, C]` input holds logits or probabilities.
@@ -111,6 +112,9 @@ pub struct CrossEntropy {
     pub gradient: bool,
     /// Also return each row's log-sum-exp (of the soft-capped logits).
     pub row_lse: bool,
+    /// The type of the gradient: f32 (default) or the logits' own type
+    /// (half logits only; in place it is always the logits' type).
+    pub gradient_dtype: GradientDtype,
 }
 
 impl CrossEntropy {
@@ -179,6 +183,12 @@ impl CrossEntropy {
         self
     }
 
+    /// Sets the type of the gradient.
+    pub fn with_gradient_dtype(mut self, dtype: GradientDtype) -> Self {
+        self.gradient_dtype = dtype;
+        self
+    }
+
     /// Checks the options for rows of `classes` classes: the class weights'
     /// length and values, then [`CrossEntropy::validate`].
     pub fn validate_for(&self, classes: usize) -> Result<()> {
@@ -240,11 +250,12 @@ pub enum Targets<'a> {
     Dense(&'a [f32]),
 }
 
-/// One batch of borrowed host data.
+/// One batch of borrowed host data. The logits are `f32` by default, or
+/// `half::f16` / `half::bf16` (see [`crate::dtype`]).
 #[derive(Clone, Copy, Debug)]
-pub struct Batch<'a> {
+pub struct Batch<'a, T = f32> {
     /// Row-major `[batch, classes]` logits or probabilities.
-    pub logits: &'a [f32],
+    pub logits: &'a [T],
     /// B, the number of rows.
     pub batch: usize,
     /// C, the number of classes.
@@ -255,9 +266,9 @@ pub struct Batch<'a> {
     pub sample_weights: Option<&'a [f32]>,
 }
 
-impl<'a> Batch<'a> {
+impl<'a, T: LogitElement> Batch<'a, T> {
     /// A batch with integer labels.
-    pub fn with_labels(logits: &'a [f32], classes: usize, labels: &'a [i32]) -> Self {
+    pub fn with_labels(logits: &'a [T], classes: usize, labels: &'a [i32]) -> Self {
         Batch {
             logits,
             batch: labels.len(),
@@ -268,7 +279,7 @@ impl<'a> Batch<'a> {
     }
 
     /// A batch with dense targets of the same shape as the logits.
-    pub fn with_dense(logits: &'a [f32], classes: usize, targets: &'a [f32]) -> Self {
+    pub fn with_dense(logits: &'a [T], classes: usize, targets: &'a [f32]) -> Self {
         Batch {
             logits,
             batch: logits.len().checked_div(classes).unwrap_or(0),

@@ -186,3 +186,76 @@ fn bad_gradient_options_exit_2_and_write_nothing() {
         );
     }
 }
+
+/// float16 logits stay float16 on the GPU (read as stored); the GPU's
+/// results equal the library's on the same halves, and `--grad-dtype input`
+/// writes a float16 gradient, `float32` (the default) a float32 one.
+#[test]
+fn float16_logits_keep_their_dtype_and_grad_dtype_input_writes_float16() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut rng = Rng::new(34);
+    let halves: Vec<half::f16> = rng
+        .logits(B * C, 4.0)
+        .iter()
+        .map(|&v| half::f16::from_f32(v))
+        .collect();
+    let labels: Vec<i32> = rng.labels(B, C);
+    let x = npy(dir.path(), "x16.npy", &[B as u64, C as u64], &halves);
+    let y = npy(dir.path(), "y.npy", &[B as u64], &labels);
+    let g = dir.path().join("g.npy");
+    let spec = CrossEntropy::new()
+        .with_gradient(true)
+        .with_gradient_dtype(fused_loss::GradientDtype::Input);
+    let batch = Batch::with_labels(&halves, C, &labels);
+    for backend in ["cpu", "gpu"] {
+        let engine = match backend {
+            "cpu" => fused_loss::Engine::cpu(),
+            _ => match common::gpu() {
+                Some(engine) => engine,
+                None => continue,
+            },
+        };
+        let want = engine.compute_half_blocking(&spec, &batch).unwrap();
+        for grad_dtype in ["input", "float32"] {
+            let (code, stdout, stderr) = run(&[
+                "compute",
+                "--logits",
+                x.to_str().unwrap(),
+                "--labels",
+                y.to_str().unwrap(),
+                "--grad-out",
+                g.to_str().unwrap(),
+                "--grad-dtype",
+                grad_dtype,
+                "--backend",
+                backend,
+                "--json",
+            ]);
+            assert_eq!(code, Some(0), "{backend} {grad_dtype}: {stderr}");
+            let json: serde_json::Value = serde_json::from_str(&stdout).unwrap();
+            assert_eq!(json["loss"].as_f64().unwrap(), want.loss, "{backend}");
+            let npy = npyz::NpyFile::new(std::fs::File::open(&g).unwrap()).unwrap();
+            assert_eq!(npy.shape(), [B as u64, C as u64]);
+            if grad_dtype == "input" {
+                let gradient: Vec<f32> = npy
+                    .into_vec::<half::f16>()
+                    .unwrap()
+                    .iter()
+                    .map(|v| v.to_f32())
+                    .collect();
+                assert_eq!(&gradient, want.gradient.as_ref().unwrap(), "{backend}");
+            } else {
+                let gradient = npy.into_vec::<f32>().unwrap();
+                let exact = engine
+                    .compute_half_blocking(
+                        &spec
+                            .clone()
+                            .with_gradient_dtype(fused_loss::GradientDtype::F32),
+                        &batch,
+                    )
+                    .unwrap();
+                assert_eq!(&gradient, exact.gradient.as_ref().unwrap(), "{backend}");
+            }
+        }
+    }
+}

@@ -13,7 +13,8 @@ use std::process::ExitCode;
 use clap::builder::PossibleValue;
 use clap::{Args, Parser, Subcommand, ValueEnum};
 use fused_loss::{
-    Batch, CrossEntropy, Engine, Error, InputKind, LossOutput, Reduction, Result, Targets,
+    Batch, CrossEntropy, Engine, Error, GradientDtype, InputKind, LossOutput, Reduction, Result,
+    Targets,
 };
 use npyz::{DType, NpyFile, Order, TypeChar, WriterBuilder};
 
@@ -66,7 +67,9 @@ mod demo;
 
 const COMPUTE_AFTER_HELP: &str = "\
 Inputs are .npy files. Logits, targets and weights: float16, float32 or \
-float64 (converted to float32), any byte order. Labels: any integer dtype \
+float64, any byte order; float16 logits are computed on as float16 (read as \
+stored on the GPU, accumulated in float32), everything else is converted to \
+float32. Labels: any integer dtype \
 (int8 to int64, uint8 to uint64); a label that does not fit a 32-bit signed \
 integer is reported as out of range. 2-D arrays must be in C order (a 1-D \
 array is the same in either order). Shapes: logits and targets [B, C], \
@@ -195,14 +198,29 @@ struct ComputeArgs {
     per_example_out: Option<PathBuf>,
 
     /// Write the gradient of the reduced loss with respect to the logits here
-    /// as a float32 [B, C] .npy; with `--reduction none` it is the gradient of
-    /// the sum, i.e. each row's per-example gradient (logits only)
+    /// as a [B, C] .npy (float32, or see --grad-dtype); with `--reduction
+    /// none` it is the gradient of the sum, i.e. each row's per-example
+    /// gradient (logits only)
     #[arg(long, value_name = "G.npy")]
     grad_out: Option<PathBuf>,
+
+    /// The dtype of --grad-out: float32, or `input`: float16 for float16
+    /// logits (each element rounded to nearest), float32 otherwise
+    #[arg(long, value_enum, default_value_t = GradDtypeArg::Float32)]
+    grad_dtype: GradDtypeArg,
 
     /// Print one JSON object on stdout (non-finite numbers as null)
     #[arg(long)]
     json: bool,
+}
+
+/// The dtype of the written gradient.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
+enum GradDtypeArg {
+    /// float32
+    Float32,
+    /// The logits' dtype where they are computed on as it (float16)
+    Input,
 }
 
 /// Where to compute.
@@ -378,7 +396,7 @@ fn write_first_losses(t: &mut String, losses: &[f32]) {
 // compute
 
 fn compute(args: &ComputeArgs) -> Result<()> {
-    let logits = read_floats(&args.logits)?;
+    let logits = read_logits(&args.logits)?;
     let (batch_size, classes) = match logits.shape[..] {
         [b, c] => (b, c),
         _ => {
@@ -426,7 +444,11 @@ fn compute(args: &ComputeArgs) -> Result<()> {
     let spec = args
         .loss
         .spec(classes)?
-        .with_gradient(args.grad_out.is_some());
+        .with_gradient(args.grad_out.is_some())
+        .with_gradient_dtype(match args.grad_dtype {
+            GradDtypeArg::Float32 => GradientDtype::F32,
+            GradDtypeArg::Input => GradientDtype::Input,
+        });
     let sample_weights = match &args.loss.sample_weights {
         Some(path) => {
             let weights = read_floats(path)?;
@@ -436,36 +458,63 @@ fn compute(args: &ComputeArgs) -> Result<()> {
         None => None,
     };
 
-    let batch = Batch {
-        logits: &logits.data,
-        batch: batch_size,
-        classes,
-        targets: target_data,
-        sample_weights: sample_weights.as_deref(),
-    };
+    let sample_weights = sample_weights.as_deref();
     // Check the host-side rules before opening an adapter.
-    batch.validate(&spec)?;
-
-    let engine = open_engine(args.backend)?;
-    note_fallback(&engine);
-    let out = engine.compute_blocking(&spec, &batch)?;
+    let (engine, out) = match &logits.data {
+        Logits::F32(x) => {
+            let batch = Batch {
+                logits: x,
+                batch: batch_size,
+                classes,
+                targets: target_data,
+                sample_weights,
+            };
+            batch.validate(&spec)?;
+            let engine = open_engine(args.backend)?;
+            note_fallback(&engine);
+            let out = engine.compute_blocking(&spec, &batch)?;
+            (engine, out)
+        }
+        Logits::F16(x) => {
+            let batch = Batch {
+                logits: x,
+                batch: batch_size,
+                classes,
+                targets: target_data,
+                sample_weights,
+            };
+            batch.validate(&spec)?;
+            let engine = open_engine(args.backend)?;
+            note_fallback(&engine);
+            let out = engine.compute_half_blocking(&spec, &batch)?;
+            (engine, out)
+        }
+    };
 
     let mut outputs = Vec::new();
     if let Some(path) = &args.per_example_out {
         outputs.push((
             path.as_path(),
             vec![batch_size as u64],
-            &out.per_example[..],
+            OutData::F32(&out.per_example),
         ));
     }
     if let (Some(path), Some(gradient)) = (&args.grad_out, &out.gradient) {
+        let half_gradient =
+            matches!(logits.data, Logits::F16(_)) && args.grad_dtype == GradDtypeArg::Input;
+        let data = if half_gradient {
+            // Exact: each value was rounded to float16 already.
+            OutData::F16(gradient.iter().map(|&g| half::f16::from_f32(g)).collect())
+        } else {
+            OutData::F32(gradient)
+        };
         outputs.push((
             path.as_path(),
             vec![batch_size as u64, classes as u64],
-            &gradient[..],
+            data,
         ));
     }
-    write_f32_outputs(&outputs)?;
+    write_outputs(&outputs)?;
 
     let text = if args.json {
         let value = serde_json::json!({
@@ -697,7 +746,40 @@ fn dtype_text(dtype: &DType) -> String {
     }
 }
 
-/// Reads a float32 or float64 array as f32.
+/// Logits as the GPU reads them: float16 kept, anything else as f32.
+enum Logits {
+    F32(Vec<f32>),
+    F16(Vec<half::f16>),
+}
+
+/// Logits and their shape.
+struct LogitsArray {
+    shape: Vec<usize>,
+    data: Logits,
+}
+
+/// Reads float16 logits as they are, float32 and float64 as f32.
+fn read_logits(path: &Path) -> Result<LogitsArray> {
+    let (npy, shape, len) = open_npy(path)?;
+    match npy.header().dtype() {
+        DType::Plain(ts) if ts.type_char() == TypeChar::Float && ts.size_field() == 2 => {
+            let data = read_as::<half::f16, _, _>(path, npy, len, |_, x| Ok(x))?;
+            Ok(LogitsArray {
+                shape,
+                data: Logits::F16(data),
+            })
+        }
+        _ => {
+            let floats = read_floats(path)?;
+            Ok(LogitsArray {
+                shape: floats.shape,
+                data: Logits::F32(floats.data),
+            })
+        }
+    }
+}
+
+/// Reads a float16, float32 or float64 array as f32.
 fn read_floats(path: &Path) -> Result<Array<f32>> {
     let (npy, shape, len) = open_npy(path)?;
     let dtype = npy.header().dtype();
@@ -761,10 +843,16 @@ fn read_ints(path: &Path) -> Result<Array<i64>> {
     Ok(Array { shape, data })
 }
 
-/// Writes float32 `.npy` files: each goes to a temporary file beside its
-/// path first, and only when every one is written are they renamed into
-/// place, so that a failure leaves no output file.
-fn write_f32_outputs(outputs: &[(&Path, Vec<u64>, &[f32])]) -> Result<()> {
+/// The data of one output file.
+enum OutData<'a> {
+    F32(&'a [f32]),
+    F16(Vec<half::f16>),
+}
+
+/// Writes float32 or float16 `.npy` files: each goes to a temporary file
+/// beside its path first, and only when every one is written are they
+/// renamed into place, so that a failure leaves no output file.
+fn write_outputs(outputs: &[(&Path, Vec<u64>, OutData<'_>)]) -> Result<()> {
     let mut temps: Vec<(PathBuf, &Path)> = Vec::new();
     let cleanup = |temps: &[(PathBuf, &Path)]| {
         for (temp, _) in temps {
@@ -772,7 +860,11 @@ fn write_f32_outputs(outputs: &[(&Path, Vec<u64>, &[f32])]) -> Result<()> {
         }
     };
     for (path, shape, data) in outputs {
-        match write_temp_npy(path, shape, data) {
+        let written = match data {
+            OutData::F32(data) => write_temp_npy(path, shape, data),
+            OutData::F16(data) => write_temp_npy(path, shape, data),
+        };
+        match written {
             Ok(temp) => temps.push((temp, path)),
             Err(e) => {
                 cleanup(&temps);
@@ -792,15 +884,19 @@ fn write_f32_outputs(outputs: &[(&Path, Vec<u64>, &[f32])]) -> Result<()> {
     Ok(())
 }
 
-/// Writes one float32 array to a new temporary file beside `path`.
-fn write_temp_npy(path: &Path, shape: &[u64], data: &[f32]) -> Result<PathBuf> {
+/// Writes one array to a new temporary file beside `path`.
+fn write_temp_npy<T: npyz::AutoSerialize + Copy>(
+    path: &Path,
+    shape: &[u64],
+    data: &[T],
+) -> Result<PathBuf> {
     let io_error = |source| Error::Io {
         path: path.to_path_buf(),
         source,
     };
-    let mut bytes = Vec::with_capacity(128 + 4 * data.len());
+    let mut bytes = Vec::with_capacity(128 + std::mem::size_of_val(data));
     {
-        let mut writer = npyz::WriteOptions::<f32>::new()
+        let mut writer = npyz::WriteOptions::<T>::new()
             .default_dtype()
             .shape(shape)
             .writer(&mut bytes)

@@ -6,7 +6,12 @@
 //! - a row with a NaN or `+inf` input, or whose logits are all `−inf`, has a
 //!   NaN loss (unless the row is ignored, when it is 0);
 //! - a row with `s_n = 0` has `L_n = 0` unless the rule above makes it NaN.
+//!
+//! Half-precision logits are widened exactly (to f32, then f64); with
+//! [`GradientDtype::Input`] the gradient is rounded once, from f64, to their
+//! type.
 
+use crate::dtype::{GradientDtype, LogitElement};
 use crate::error::{Error, Result};
 use crate::output::{gradient_denominator, Backend, LossOutput, LossStats};
 use crate::spec::{check_labels, Batch, CrossEntropy, InputKind, Targets, PROBABILITY_EPSILON};
@@ -81,14 +86,25 @@ fn log_probs(spec: &CrossEntropy, row: &[f32]) -> Option<LogProbs> {
 }
 
 /// The exact per-row results, labels checked on the host.
-pub fn row_losses(spec: &CrossEntropy, batch: &Batch<'_>) -> Result<Vec<RowLoss>> {
+pub fn row_losses<T: LogitElement>(
+    spec: &CrossEntropy,
+    batch: &Batch<'_, T>,
+) -> Result<Vec<RowLoss>> {
     batch.validate(spec)?;
     if let Targets::Labels(labels) = batch.targets {
         check_labels(labels, batch.classes, spec.ignore_index)?;
     }
+    let logits = T::to_f32_slice(batch.logits);
+    let widened = Batch {
+        logits: &logits,
+        batch: batch.batch,
+        classes: batch.classes,
+        targets: batch.targets,
+        sample_weights: batch.sample_weights,
+    };
     let mut coefficients = vec![0.0f64; batch.classes];
     Ok((0..batch.batch)
-        .map(|n| row_loss(spec, batch, n, &mut coefficients))
+        .map(|n| row_loss(spec, &widened, n, &mut coefficients))
         .collect())
 }
 
@@ -194,7 +210,7 @@ pub(crate) fn row_loss(
 }
 
 /// The whole computation on the CPU in f64.
-pub fn compute(spec: &CrossEntropy, batch: &Batch<'_>) -> Result<LossOutput> {
+pub fn compute<T: LogitElement>(spec: &CrossEntropy, batch: &Batch<'_, T>) -> Result<LossOutput> {
     let rows = row_losses(spec, batch)?;
     let mut stats = LossStats {
         batch: batch.batch as u64,
@@ -225,9 +241,13 @@ pub fn compute(spec: &CrossEntropy, batch: &Batch<'_>) -> Result<LossOutput> {
         } else {
             1.0 / denominator
         };
+        let dtype = match spec.gradient_dtype {
+            GradientDtype::F32 => crate::LogitDtype::F32,
+            GradientDtype::Input => T::DTYPE,
+        };
         out.gradient = Some(
             rows.iter()
-                .flat_map(|r| r.gradient.iter().map(move |g| (g * scale) as f32))
+                .flat_map(|r| r.gradient.iter().map(move |g| dtype.round(g * scale)))
                 .collect(),
         );
     }

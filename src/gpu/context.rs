@@ -1,15 +1,16 @@
 //! Instance, adapter and device; pipelines built once; buffers reused across
 //! calls; one submission and one readback per call.
 
-use std::borrow::Cow;
 use std::num::NonZeroU64;
 use std::sync::{Arc, Mutex};
 
 use futures_intrusive::sync::Mutex as AsyncMutex;
 
 use super::cross_entropy::{self as ce, Chunk, KernelVariant, SubgroupSizes};
+use super::pipelines::Pipelines;
 use super::timer::Timer;
-use super::{compute_pipeline, map_read, reduce_partials, shader_source, Kernel, Partial};
+use super::{map_read, reduce_partials, Kernel, Partial, Storage, Variant};
+use crate::dtype::{LogitDtype, LogitElement};
 use crate::error::{Error, Result};
 use crate::output::{Backend, LossOutput, LossStats};
 use crate::spec::{Batch, CrossEntropy, InputKind, Targets};
@@ -30,8 +31,21 @@ pub struct GpuOptions {
     /// Write the gradient over the uploaded logits instead of into a
     /// separate buffer: no extra B×C device memory.
     pub gradient_in_place: bool,
-    /// Read rows as `vec4`s in the subgroup kernel when the class count is
-    /// a multiple of 4: `None` chooses by adapter (on for GPUs, off for
+    /// Whether the gradient is computed from one read of the logits (the
+    /// forward kernel keeps each row in workgroup or private memory and
+    /// writes its gradient from there) or from two (a gradient kernel reads
+    /// the logits again after the reduction). `None` (the default) reads once
+    /// wherever the row fits; `Some(true)` does the same; `Some(false)`
+    /// always reads twice. Both give the same bits. Out of place, one read
+    /// needs a device that allows nine storage buffers per shader stage
+    /// (WebGPU's default is eight; [`GpuContext::new`] asks for the
+    /// adapter's limits).
+    pub single_read: Option<bool>,
+    /// Read and write f16 logits and gradients as packed u32 words even
+    /// where the device has `SHADER_F16` (the path of devices without it).
+    pub packed_f16: bool,
+    /// Read f32 rows as `vec4`s in the subgroup kernel when the class count
+    /// is a multiple of 4: `None` chooses by adapter (on for GPUs, off for
     /// CPU-type adapters such as lavapipe, whose vector units prefer scalar
     /// loads across lanes).
     pub vector_loads: Option<bool>,
@@ -63,7 +77,7 @@ struct Readback {
     size: u64,
     partial_offset: u64,
     gradient_offset: Option<u64>,
-    row_stats_offset: Option<u64>,
+    row_lse_offset: Option<u64>,
     timestamp_offset: Option<u64>,
 }
 
@@ -109,21 +123,13 @@ pub struct GpuContext {
     device: wgpu::Device,
     queue: wgpu::Queue,
     adapter: String,
-    cross_entropy_layout: wgpu::BindGroupLayout,
-    wide_pipeline: wgpu::ComputePipeline,
-    narrow_pipeline: wgpu::ComputePipeline,
-    /// Built where the device has `Features::SUBGROUP`.
-    subgroup_pipeline: Option<(wgpu::ComputePipeline, SubgroupSizes)>,
-    /// The subgroup kernel with vec4 loads and its layout, where the device
-    /// has subgroups and 9 storage bindings per stage.
-    subgroup_vec4: Option<(wgpu::ComputePipeline, wgpu::BindGroupLayout)>,
-    reduce_layout: wgpu::BindGroupLayout,
-    reduce_pipeline: wgpu::ComputePipeline,
-    gradient_layout: wgpu::BindGroupLayout,
-    gradient_pipeline: wgpu::ComputePipeline,
-    gradient_in_place_layout: wgpu::BindGroupLayout,
-    gradient_in_place_pipeline: wgpu::ComputePipeline,
+    pipelines: Pipelines,
     gradient_in_place: bool,
+    single_read: Option<bool>,
+    /// f16 is stored as f16 (the device has SHADER_F16), not packed words.
+    native_f16: bool,
+    /// Classes the single-read wide kernel caches (0: none fit).
+    row_cache: u32,
     placeholder: wgpu::Buffer,
     /// Stands in for an unused writable binding; a buffer may not be bound
     /// read-only and writable in one dispatch.
@@ -131,6 +137,9 @@ pub struct GpuContext {
     max_binding_bytes: u64,
     rows_per_group: Option<u32>,
     kernel: Option<KernelVariant>,
+    /// The device's subgroup sizes where it has `Features::SUBGROUP` (and
+    /// so the subgroup kernel).
+    subgroups: Option<SubgroupSizes>,
     vector_loads: bool,
     uniform_stride: u64,
     buffers: AsyncMutex<Buffers>,
@@ -184,11 +193,10 @@ impl GpuContext {
         let instance =
             wgpu::Instance::new(wgpu::InstanceDescriptor::new_without_display_handle_from_env());
         let adapter = select_adapter(&instance).await?;
-        let wanted = if options.timestamps {
-            wgpu::Features::TIMESTAMP_QUERY | wgpu::Features::SUBGROUP
-        } else {
-            wgpu::Features::SUBGROUP
-        };
+        let mut wanted = wgpu::Features::SHADER_F16 | wgpu::Features::SUBGROUP;
+        if options.timestamps {
+            wanted |= wgpu::Features::TIMESTAMP_QUERY;
+        }
         let (device, queue) = adapter
             .request_device(&wgpu::DeviceDescriptor {
                 label: Some("fused-loss"),
@@ -207,7 +215,11 @@ impl GpuContext {
     }
 
     /// Builds the pipelines on a caller's device. `adapter` is only a label
-    /// for reports.
+    /// for reports. f16 logits are stored as f16 where the device was
+    /// opened with `wgpu::Features::SHADER_F16`, else as packed words; the
+    /// subgroup kernel runs where it was opened with
+    /// `wgpu::Features::SUBGROUP`, and calls are timed where it has
+    /// `wgpu::Features::TIMESTAMP_QUERY` and [`GpuOptions::timestamps`] is set.
     ///
     /// Errors the library causes on this device are captured with error
     /// scopes; the caller's uncaptured-error handler is only replaced when
@@ -220,34 +232,7 @@ impl GpuContext {
     ) -> Result<Self> {
         let uncaptured = Arc::new(Mutex::new(None));
         let scope = device.push_error_scope(wgpu::ErrorFilter::Validation);
-        let cross_entropy_layout = ce::layout(&device);
-        let reduce_layout = reduce_partials::layout(&device);
-        let wide_pipeline = pipeline(&device, Kernel::Wide, &cross_entropy_layout);
-        let narrow_pipeline = pipeline(&device, Kernel::Narrow, &cross_entropy_layout);
-        let subgroup_pipeline = device
-            .features()
-            .contains(wgpu::Features::SUBGROUP)
-            .then(|| {
-                let info = device.adapter_info();
-                let sizes = SubgroupSizes {
-                    min: info.subgroup_min_size.max(1),
-                    max: info.subgroup_max_size.max(info.subgroup_min_size).max(1),
-                };
-                let pipeline = pipeline(&device, Kernel::Subgroup, &cross_entropy_layout);
-                (pipeline, sizes)
-            });
-        let reduce_pipeline = pipeline(&device, Kernel::Reduce, &reduce_layout);
-        let subgroup_vec4 = (subgroup_pipeline.is_some()
-            && device.limits().max_storage_buffers_per_shader_stage >= 9)
-            .then(|| {
-                let layout = ce::vec4_layout(&device);
-                (pipeline(&device, Kernel::SubgroupVec4, &layout), layout)
-            });
-        let gradient_layout = ce::gradient_layout(&device, false);
-        let gradient_pipeline = pipeline(&device, Kernel::Gradient, &gradient_layout);
-        let gradient_in_place_layout = ce::gradient_layout(&device, true);
-        let gradient_in_place_pipeline =
-            pipeline(&device, Kernel::GradientInPlace, &gradient_in_place_layout);
+        let pipelines = Pipelines::new(&device);
         let placeholder = device.create_buffer(&wgpu::BufferDescriptor {
             label: Some("placeholder"),
             size: 16,
@@ -273,7 +258,9 @@ impl GpuContext {
             / 256
             * 256;
         let uniform_stride = (limits.min_uniform_buffer_offset_alignment as u64).max(64);
-        let vector_loads = subgroup_vec4.is_some()
+        let native_f16 = device.features().contains(wgpu::Features::SHADER_F16);
+        let subgroups = pipelines.subgroups();
+        let vector_loads = pipelines.has_vec4()
             && options
                 .vector_loads
                 .unwrap_or(device.adapter_info().device_type != wgpu::DeviceType::Cpu);
@@ -281,26 +268,20 @@ impl GpuContext {
             && device.features().contains(wgpu::Features::TIMESTAMP_QUERY))
         .then(|| Timer::new(&device, &queue));
         Ok(GpuContext {
+            row_cache: ce::row_cache_classes(limits.max_compute_workgroup_storage_size),
             device,
             queue,
             adapter: adapter.into(),
-            cross_entropy_layout,
-            wide_pipeline,
-            narrow_pipeline,
-            subgroup_pipeline,
-            subgroup_vec4,
-            reduce_layout,
-            reduce_pipeline,
-            gradient_layout,
-            gradient_pipeline,
-            gradient_in_place_layout,
-            gradient_in_place_pipeline,
+            pipelines,
             gradient_in_place: options.gradient_in_place,
+            single_read: options.single_read,
+            native_f16: native_f16 && !options.packed_f16,
             placeholder,
             placeholder_writable,
             max_binding_bytes: max_binding_bytes.max(256),
             rows_per_group: options.rows_per_group,
             kernel: options.kernel,
+            subgroups,
             vector_loads,
             uniform_stride,
             buffers: AsyncMutex::new(Buffers::default(), false),
@@ -340,30 +321,59 @@ impl GpuContext {
         self.kernel
     }
 
-    /// Whether the device has subgroups, and so the subgroup kernel.
-    pub fn has_subgroups(&self) -> bool {
-        self.subgroup_pipeline.is_some()
+    /// Whether f16 logits and gradients are stored as f16 on this device
+    /// (`SHADER_F16`, not [`GpuOptions::packed_f16`]) rather than as packed
+    /// u32 words.
+    pub fn native_f16(&self) -> bool {
+        self.native_f16
     }
 
-    /// The kernel that computes rows of `classes` with `passes` passes over
-    /// each row: the forced one where it can, else the default.
+    /// The most classes a row may have for the gradient to be computed from
+    /// one read of the logits with `variant` (see
+    /// [`GpuOptions::single_read`]); with a packed half gradient C must also
+    /// be even.
+    pub fn single_read_classes(&self, variant: KernelVariant) -> usize {
+        match variant {
+            KernelVariant::Wide | KernelVariant::Subgroup => self.row_cache as usize,
+            KernelVariant::Narrow => ce::NARROW_CACHE_CLASSES,
+        }
+    }
+
+    /// Whether the device has subgroups, and so the subgroup kernel.
+    pub fn has_subgroups(&self) -> bool {
+        self.subgroups.is_some()
+    }
+
+    /// The kernel that computes the loss of rows of `classes` logits: the
+    /// forced one where it can, else the default.
     pub fn kernel_for(&self, classes: usize) -> KernelVariant {
         self.variant(classes, 1)
     }
 
+    /// The kernel for rows of `classes` with `passes` passes over each row.
     fn variant(&self, classes: usize, passes: u64) -> KernelVariant {
-        let sizes = self.subgroup_pipeline.as_ref().map(|(_, sizes)| *sizes);
         self.kernel
-            .unwrap_or_else(|| KernelVariant::for_classes(classes, sizes))
-            .effective(classes, passes, sizes)
+            .unwrap_or_else(|| KernelVariant::for_classes(classes, self.subgroups))
+            .effective(classes, passes, self.subgroups)
     }
 
     /// The device's subgroup sizes (a placeholder where it has none: the
     /// planner only reads them for the subgroup kernel).
     fn subgroup_sizes(&self) -> SubgroupSizes {
-        self.subgroup_pipeline
-            .as_ref()
-            .map_or(SubgroupSizes { min: 1, max: 1 }, |(_, sizes)| *sizes)
+        self.subgroups.unwrap_or(SubgroupSizes { min: 1, max: 1 })
+    }
+
+    /// Whether calls are timed with timestamp queries ([`GpuOptions::timestamps`]
+    /// on an adapter with `TIMESTAMP_QUERY`).
+    pub fn timestamps(&self) -> bool {
+        self.timer.is_some()
+    }
+
+    /// The device time of the last [`GpuContext::compute`] call's compute
+    /// pass (forward kernel, reduction and gradient), from timestamp
+    /// queries; `None` unless [`GpuContext::timestamps`].
+    pub fn last_kernel_time(&self) -> Option<std::time::Duration> {
+        self.timer.as_ref()?.last()
     }
 
     /// Bytes of device memory the context holds in its buffer pool (uploads,
@@ -391,27 +401,23 @@ impl GpuContext {
             .sum::<u64>()
     }
 
-    /// Whether calls are timed with timestamp queries ([`GpuOptions::timestamps`]
-    /// on an adapter with `TIMESTAMP_QUERY`).
-    pub fn timestamps(&self) -> bool {
-        self.timer.is_some()
-    }
-
-    /// The device time of the last [`GpuContext::compute`] call's compute
-    /// pass (forward kernel, reduction and gradient), from timestamp
-    /// queries; `None` unless [`GpuContext::timestamps`].
-    pub fn last_kernel_time(&self) -> Option<std::time::Duration> {
-        self.timer.as_ref()?.last()
-    }
-
     /// The most logits bytes bound at once; larger inputs are chunked.
     pub fn max_binding_bytes(&self) -> u64 {
         self.max_binding_bytes
     }
 
     /// Runs the fused kernel, the reduction and, when asked, the gradient;
-    /// one submission, one readback.
-    pub async fn compute(&self, spec: &CrossEntropy, batch: &Batch<'_>) -> Result<LossOutput> {
+    /// one submission, one readback. The logits may be `f32`, `half::f16`
+    /// or `half::bf16` ([`crate::dtype`]); with [`GradientDtype::Input`]
+    /// and half logits the gradient is rounded to their type on the device
+    /// (and returned widened to f32).
+    ///
+    /// [`GradientDtype::Input`]: crate::GradientDtype::Input
+    pub async fn compute<T: LogitElement>(
+        &self,
+        spec: &CrossEntropy,
+        batch: &Batch<'_, T>,
+    ) -> Result<LossOutput> {
         batch.validate(spec)?;
         if batch.batch == 0 {
             let stats = LossStats::default();
@@ -420,31 +426,29 @@ impl GpuContext {
             out.row_lse = spec.row_lse.then(Vec::new);
             return Ok(out);
         }
-        let passes = if spec.input == InputKind::Probabilities {
+        let shape = Shape {
+            batch: batch.batch,
+            classes: batch.classes,
+            dense: matches!(batch.targets, Targets::Dense(_)),
+            sample_weights: batch.sample_weights.is_some(),
+        };
+        let in_place = spec.gradient && self.gradient_in_place;
+        // Chunks of packed halves start on a word.
+        let row_multiple = if T::DTYPE.size() == 2 && batch.classes % 2 == 1 {
             2
         } else {
             1
         };
-        let variant = self.variant(batch.classes, passes);
-        let chunks = ce::plan(
-            variant,
-            self.subgroup_sizes(),
-            batch.batch,
-            batch.classes,
-            passes,
-            self.max_binding_bytes,
-            self.rows_per_group,
-            1,
-        )?;
-        let total_groups: u32 = chunks.iter().map(|c| c.groups).sum();
-        let (reduce_passes, final_partial) = reduce_partials::plan(total_groups);
+        let call = self.plan_call(spec, shape, T::DTYPE, in_place, row_multiple)?;
         if spec.gradient {
-            let bytes = (batch.batch * batch.classes * 4 + batch.batch * 12) as u64;
+            let cells = batch.batch as u64 * batch.classes as u64;
+            let bytes = cells * call.gradient.size() as u64 + batch.batch as u64 * 12;
             let limit = self.device.limits().max_buffer_size;
             if bytes > limit {
                 return Err(Error::BatchTooLarge {
                     batch: batch.batch,
-                    max_batch: (limit / (batch.classes as u64 * 4 + 12)) as usize,
+                    max_batch: (limit / (batch.classes as u64 * call.gradient.size() as u64 + 12))
+                        as usize,
                 });
             }
         }
@@ -452,20 +456,7 @@ impl GpuContext {
         let mut buffers = self.buffers.lock().await;
         let oom = self.device.push_error_scope(wgpu::ErrorFilter::OutOfMemory);
         let validation = self.device.push_error_scope(wgpu::ErrorFilter::Validation);
-        let call = Call {
-            spec,
-            shape: Shape {
-                batch: batch.batch,
-                classes: batch.classes,
-                dense: matches!(batch.targets, Targets::Dense(_)),
-                sample_weights: batch.sample_weights.is_some(),
-            },
-            variant,
-            chunks: &chunks,
-            reduce_passes: &reduce_passes,
-            final_partial,
-        };
-        let readback = self.encode(&mut buffers, &call, batch);
+        let readback = self.encode(&mut buffers, &call, batch, in_place);
         let validation = validation.pop();
         let oom = oom.pop();
 
@@ -478,11 +469,12 @@ impl GpuContext {
         if let Some(e) = self.uncaptured.lock().ok().and_then(|mut s| s.take()) {
             return Err(Error::Gpu(e));
         }
+        let cells = batch.batch * batch.classes;
+        let gradient_dtype = call.gradient.dtype();
         let (per_example, partial, gradient, row_lse) =
             map_read(&self.device, &readback.staging, readback.size, |view| {
                 let floats = |offset: u64, count: usize| -> Vec<f32> {
-                    bytemuck::cast_slice(&view[offset as usize..offset as usize + count * 4])
-                        .to_vec()
+                    LogitDtype::F32.decode(&view[offset as usize..], count)
                 };
                 let per_example = floats(0, batch.batch);
                 let at = readback.partial_offset as usize;
@@ -490,13 +482,10 @@ impl GpuContext {
                     bytemuck::pod_read_unaligned(&view[at..at + std::mem::size_of::<Partial>()]);
                 let gradient = readback
                     .gradient_offset
-                    .map(|offset| floats(offset, batch.batch * batch.classes));
-                let row_lse = readback.row_stats_offset.map(|offset| {
-                    floats(offset, batch.batch * 2)
-                        .chunks_exact(2)
-                        .map(|pair| pair[0])
-                        .collect::<Vec<f32>>()
-                });
+                    .map(|offset| gradient_dtype.decode(&view[offset as usize..], cells));
+                let row_lse = readback
+                    .row_lse_offset
+                    .map(|offset| floats(offset, batch.batch));
                 if let (Some(offset), Some(timer)) = (readback.timestamp_offset, &self.timer) {
                     timer.record(&view[offset as usize..offset as usize + 16]);
                 }
@@ -512,12 +501,85 @@ impl GpuContext {
             Backend::Gpu,
         );
         out.gradient = gradient;
-        out.row_lse = if spec.row_lse { row_lse } else { None };
+        out.row_lse = row_lse;
         Ok(out)
     }
 
+    /// Chooses the kernel, the storage of the logits and gradient, one or
+    /// two reads, and the chunks and reduction passes of one call.
+    fn plan_call<'a>(
+        &self,
+        spec: &'a CrossEntropy,
+        shape: Shape,
+        dtype: LogitDtype,
+        in_place: bool,
+        row_multiple: usize,
+    ) -> Result<Call<'a>> {
+        let (batch, classes) = (shape.batch, shape.classes);
+        let probabilities = spec.input == InputKind::Probabilities;
+        let mut variant = self.variant(classes, if probabilities { 2 } else { 1 });
+        if variant == KernelVariant::Subgroup
+            && spec.gradient
+            && !probabilities
+            && classes <= self.row_cache as usize
+        {
+            // Gradient rows that fit workgroup memory take the wide kernel,
+            // read once or twice alike (the same bits either way).
+            variant = KernelVariant::Wide;
+        }
+        let logits = Storage::of(dtype, self.native_f16);
+        let gradient = Storage::of(
+            spec.gradient_dtype.resolve(dtype, in_place),
+            self.native_f16,
+        );
+        let single_read = spec.gradient
+            && !probabilities
+            && self.single_read != Some(false)
+            && (in_place || self.pipelines.fused_out_of_place())
+            && ce::single_read_fits(variant, classes, self.row_cache, gradient.per_word());
+        // The widest [B, C] array one chunk binds.
+        let mut element_bytes = dtype.size();
+        if shape.dense {
+            element_bytes = 4;
+        }
+        if spec.gradient && !in_place {
+            element_bytes = element_bytes.max(gradient.size());
+        }
+        let chunks = ce::plan(
+            variant,
+            self.subgroup_sizes(),
+            batch,
+            classes,
+            if probabilities || single_read { 2 } else { 1 },
+            self.max_binding_bytes,
+            element_bytes as u64,
+            self.rows_per_group,
+            row_multiple,
+        )?;
+        let total_groups: u32 = chunks.iter().map(|c| c.groups).sum();
+        let (reduce_passes, final_partial) = reduce_partials::plan(total_groups);
+        let weights_partial =
+            (single_read && ce::reduction_code(spec.reduction) >= 2).then_some(final_partial + 1);
+        Ok(Call {
+            spec,
+            shape,
+            variant,
+            chunks,
+            reduce_passes,
+            final_partial,
+            logits,
+            gradient,
+            single_read,
+            weights_partial,
+        })
+    }
+
     /// Blocking [`GpuContext::compute`].
-    pub fn compute_blocking(&self, spec: &CrossEntropy, batch: &Batch<'_>) -> Result<LossOutput> {
+    pub fn compute_blocking<T: LogitElement>(
+        &self,
+        spec: &CrossEntropy,
+        batch: &Batch<'_, T>,
+    ) -> Result<LossOutput> {
         pollster::block_on(self.compute(spec, batch))
     }
 
@@ -530,14 +592,20 @@ impl GpuContext {
     /// Buffer requirements: every slice needs `BufferUsages::STORAGE`, an
     /// offset that is a multiple of the device's
     /// `min_storage_buffer_offset_alignment` (256 on most adapters), and
-    /// room for its data: logits and dense targets `f32 [B, C]`, labels
-    /// `i32 [B]`, sample weights and per-example losses `f32 [B]`, the
-    /// gradient `f32 [B, C]`. No `MAP_READ` or `COPY_SRC` is needed on any
-    /// input. Class weights come from `spec` (host data, validated there).
-    /// Labels are checked on the device and reported by
-    /// [`PendingLoss::read`]; sample weights on the device are not checked
-    /// for sign or NaN. `spec.gradient` and `spec.row_lse` are ignored: the
-    /// gradient is written when `outputs.gradient` is set.
+    /// room for its data: logits `[B, C]` of `batch.logits_dtype` (halves
+    /// rounded up to whole u32 words, see [`crate::dtype`]), dense targets
+    /// `f32 [B, C]`, labels `i32 [B]`, sample weights and per-example losses
+    /// `f32 [B]`, the gradient `[B, C]` of `spec.gradient_dtype` resolved
+    /// against the logits' type (in place: the logits' type). `row_lse`
+    /// (`f32 [B]`) is copied into, so it needs `BufferUsages::COPY_DST` and
+    /// an offset that is a multiple of 4 instead. No `MAP_READ` or
+    /// `COPY_SRC` is needed on any input. Class weights come from `spec`
+    /// (host data, validated there). Labels and sample weights are checked
+    /// on the device and a bad one is reported by [`PendingLoss::read`]
+    /// (the first negative or NaN sample weight before the first label out
+    /// of range, as on the host path). `spec.gradient` and `spec.row_lse`
+    /// are ignored: the gradient and the row lse are written when `outputs`
+    /// has somewhere to put them.
     pub async fn submit_resident(
         &self,
         spec: &CrossEntropy,
@@ -546,20 +614,24 @@ impl GpuContext {
     ) -> Result<PendingLoss> {
         let mut spec = spec.clone();
         spec.gradient = outputs.gradient.is_some();
-        spec.row_lse = false;
+        spec.row_lse = outputs.row_lse.is_some();
         let (b, c) = (batch.batch, batch.classes);
         spec.validate_for(c)?;
         let dense = matches!(batch.targets, DeviceTargets::Dense(_));
         if dense && spec.ignore_index.is_some() {
             return Err(Error::IgnoreIndexWithDenseTargets);
         }
-        let cells = (b as u64) * (c as u64) * 4;
-        let align = self.device.limits().min_storage_buffer_offset_alignment as u64;
+        let cells = b * c;
+        let dtype = batch.logits_dtype;
         let in_place = matches!(outputs.gradient, Some(GradientOutput::InPlace));
-        batch.logits.check("logits", cells, align)?;
+        let gradient_dtype = spec.gradient_dtype.resolve(dtype, in_place);
+        let align = self.device.limits().min_storage_buffer_offset_alignment as u64;
+        batch
+            .logits
+            .check("logits", dtype.buffer_bytes(cells), align)?;
         match batch.targets {
             DeviceTargets::Labels(labels) => labels.check("labels", b as u64 * 4, align)?,
-            DeviceTargets::Dense(targets) => targets.check("targets", cells, align)?,
+            DeviceTargets::Dense(targets) => targets.check("targets", cells as u64 * 4, align)?,
         }
         if let Some(weights) = batch.sample_weights {
             weights.check("sample weights", b as u64 * 4, align)?;
@@ -568,44 +640,34 @@ impl GpuContext {
             .per_example
             .check("per-example losses", b as u64 * 4, align)?;
         if let Some(GradientOutput::Into(gradient)) = outputs.gradient {
-            gradient.check("gradient", cells, align)?;
+            gradient.check("gradient", gradient_dtype.buffer_bytes(cells), align)?;
+        }
+        if let Some(row_lse) = outputs.row_lse {
+            row_lse.check_copy_target("row lse", b as u64 * 4)?;
         }
         if b == 0 {
             return Ok(PendingLoss::empty(&self.device, spec.reduction));
         }
-        let passes = if spec.input == InputKind::Probabilities {
-            2
-        } else {
-            1
+        // Every chunk of every [B, C] array starts on an aligned offset.
+        let mut element_sizes = vec![dtype.size() as u64];
+        if dense {
+            element_sizes.push(4);
+        }
+        if let Some(GradientOutput::Into(_)) = outputs.gradient {
+            element_sizes.push(gradient_dtype.size() as u64);
+        }
+        let row_multiple = element_sizes
+            .iter()
+            .map(|size| align / gcd(c as u64 * size, align))
+            .max()
+            .unwrap_or(1) as usize;
+        let shape = Shape {
+            batch: b,
+            classes: c,
+            dense,
+            sample_weights: batch.sample_weights.is_some(),
         };
-        let variant = self.variant(c, passes);
-        let row_bytes = c as u64 * 4;
-        let row_multiple = (align / gcd(row_bytes, align)) as usize;
-        let chunks = ce::plan(
-            variant,
-            self.subgroup_sizes(),
-            b,
-            c,
-            passes,
-            self.max_binding_bytes,
-            self.rows_per_group,
-            row_multiple,
-        )?;
-        let total_groups: u32 = chunks.iter().map(|c| c.groups).sum();
-        let (reduce_passes, final_partial) = reduce_partials::plan(total_groups);
-        let call = Call {
-            spec: &spec,
-            shape: Shape {
-                batch: b,
-                classes: c,
-                dense,
-                sample_weights: batch.sample_weights.is_some(),
-            },
-            variant,
-            chunks: &chunks,
-            reduce_passes: &reduce_passes,
-            final_partial,
-        };
+        let call = self.plan_call(&spec, shape, dtype, in_place, row_multiple)?;
 
         let mut buffers = self.buffers.lock().await;
         let oom = self.device.push_error_scope(wgpu::ErrorFilter::OutOfMemory);
@@ -624,10 +686,10 @@ impl GpuContext {
             Range::whole(buffer, bytes.len() as u64)
         });
         let (row_stats, partials) = self.internal_buffers(&mut buffers, &call);
-        let chunk_range = |slice: &DeviceSlice<'_>, chunk: &Chunk| Range {
+        let chunk_range = |slice: &DeviceSlice<'_>, dtype: LogitDtype, chunk: &Chunk| Range {
             buffer: slice.buffer.clone(),
-            offset: slice.offset + chunk.first_row as u64 * row_bytes,
-            size: chunk.rows as u64 * row_bytes,
+            offset: slice.offset + (chunk.first_row * c * dtype.size()) as u64,
+            size: dtype.buffer_bytes(chunk.rows * c),
         };
         let bindings = Bindings {
             uniforms,
@@ -640,16 +702,19 @@ impl GpuContext {
             per_example: outputs.per_example.range(b as u64 * 4),
             row_stats,
             partials,
-            chunks: chunks
+            chunks: call
+                .chunks
                 .iter()
                 .map(|chunk| ChunkBindings {
-                    logits: chunk_range(&batch.logits, chunk),
+                    logits: chunk_range(&batch.logits, dtype, chunk),
                     targets: match batch.targets {
-                        DeviceTargets::Dense(t) => Some(chunk_range(&t, chunk)),
+                        DeviceTargets::Dense(t) => Some(chunk_range(&t, LogitDtype::F32, chunk)),
                         DeviceTargets::Labels(_) => None,
                     },
                     gradient: match outputs.gradient {
-                        Some(GradientOutput::Into(g)) => Some(chunk_range(&g, chunk)),
+                        Some(GradientOutput::Into(g)) => {
+                            Some(chunk_range(&g, gradient_dtype, chunk))
+                        }
                         _ => None,
                     },
                 })
@@ -665,11 +730,20 @@ impl GpuContext {
         let mut encoder = self.record(&call, &bindings, in_place);
         encoder.copy_buffer_to_buffer(
             &bindings.partials.buffer,
-            final_partial as u64 * partial_size,
+            call.final_partial as u64 * partial_size,
             &result,
             0,
             partial_size,
         );
+        if let (Some(row_lse), Some(stats)) = (outputs.row_lse, &bindings.row_stats) {
+            encoder.copy_buffer_to_buffer(
+                &stats.buffer,
+                0,
+                row_lse.buffer,
+                row_lse.offset,
+                b as u64 * 4,
+            );
+        }
         self.queue.submit([encoder.finish()]);
         let validation = validation.pop();
         let oom = oom.pop();
@@ -701,7 +775,8 @@ impl GpuContext {
     }
 
     /// The uniforms of one call: one slot per chunk, then one per reduction
-    /// pass.
+    /// pass, then (with the weights pre-pass) the same again for the
+    /// pre-pass, whose final partial goes to `weights_partial`.
     fn write_uniforms(&self, buffers: &mut Buffers, call: &Call<'_>) -> wgpu::Buffer {
         let Call { spec, shape, .. } = *call;
         let classes = shape.classes;
@@ -726,36 +801,61 @@ impl GpuContext {
             .class_weights
             .as_ref()
             .map_or(classes as f64, |w| w.iter().map(|&x| x as f64).sum());
+        // The gradient's denominator: the forward reduction's final partial,
+        // or the weights pre-pass's.
+        let scale_partial = call.weights_partial.unwrap_or(call.final_partial);
+        let chunk_params = |chunk: &Chunk| ce::Params {
+            batch: shape.batch as u32,
+            classes: classes as u32,
+            chunk_rows: chunk.rows as u32,
+            row_base: chunk.first_row as u32,
+            rows_per_group: chunk.rows_per_group,
+            group_base: chunk.group_base,
+            flags,
+            ignore_index: spec.ignore_index.unwrap_or(0),
+            label_smoothing: spec.label_smoothing,
+            class_weight_sum: class_weight_sum as f32,
+            zero: 0,
+            z_loss: spec.z_loss,
+            softcap: spec.softcap.unwrap_or(1.0),
+            final_partial: scale_partial,
+            reduction: ce::reduction_code(spec.reduction),
+            _pad: 0,
+        };
         let stride = self.uniform_stride as usize;
-        let slots = call.chunks.len() + call.reduce_passes.len();
-        let mut bytes = vec![0u8; slots * stride];
+        let mut bytes = vec![0u8; call.uniform_slots() * stride];
+        let mut put = |slot: usize, data: &[u8]| {
+            bytes[slot * stride..slot * stride + data.len()].copy_from_slice(data);
+        };
         for (i, chunk) in call.chunks.iter().enumerate() {
-            let params = ce::Params {
-                batch: shape.batch as u32,
-                classes: classes as u32,
-                chunk_rows: chunk.rows as u32,
-                row_base: chunk.first_row as u32,
-                rows_per_group: chunk.rows_per_group,
-                group_base: chunk.group_base,
-                flags,
-                ignore_index: spec.ignore_index.unwrap_or(0),
-                label_smoothing: spec.label_smoothing,
-                class_weight_sum: class_weight_sum as f32,
-                zero: 0,
-                z_loss: spec.z_loss,
-                softcap: spec.softcap.unwrap_or(1.0),
-                final_partial: call.final_partial,
-                reduction: ce::reduction_code(spec.reduction),
-                _pad: 0,
-            };
-            let at = i * stride;
-            bytes[at..at + std::mem::size_of::<ce::Params>()]
-                .copy_from_slice(bytemuck::bytes_of(&params));
+            put(call.chunk_slot(i), bytemuck::bytes_of(&chunk_params(chunk)));
         }
         for (i, params) in call.reduce_passes.iter().enumerate() {
-            let at = (call.chunks.len() + i) * stride;
-            bytes[at..at + std::mem::size_of::<reduce_partials::Params>()]
-                .copy_from_slice(bytemuck::bytes_of(params));
+            put(call.reduce_slot(i), bytemuck::bytes_of(params));
+        }
+        if let Some(target) = call.weights_partial {
+            let partition = match call.variant {
+                KernelVariant::Narrow => ce::FLAG_NARROW_PARTITION,
+                KernelVariant::Wide | KernelVariant::Subgroup => 0,
+            };
+            // The same tree as the forward pass's, but its root lands at
+            // `target` (a single group's partial is the root).
+            let last = call.reduce_passes.len().checked_sub(1);
+            for (i, chunk) in call.chunks.iter().enumerate() {
+                let mut params = chunk_params(chunk);
+                if last.is_none() {
+                    params.group_base += target;
+                }
+                params.flags |= partition;
+                put(call.weights_chunk_slot(i), bytemuck::bytes_of(&params));
+            }
+            for (i, params) in call.reduce_passes.iter().enumerate() {
+                let mut params = *params;
+                if Some(i) == last {
+                    params.out_offset = target;
+                }
+                put(call.weights_reduce_slot(i), bytemuck::bytes_of(&params));
+            }
         }
         let uniforms = ensure(
             &mut buffers.uniforms,
@@ -768,7 +868,8 @@ impl GpuContext {
         uniforms
     }
 
-    /// The internal per-call buffers: row stats (when needed) and partials.
+    /// The internal per-call buffers: row stats (when needed) and partials
+    /// (one more for the weights pre-pass's result).
     fn internal_buffers(&self, buffers: &mut Buffers, call: &Call<'_>) -> (Option<Range>, Range) {
         let read_back = wgpu::BufferUsages::STORAGE | wgpu::BufferUsages::COPY_SRC;
         let row_stats_bytes = call.shape.batch as u64 * 8;
@@ -784,7 +885,8 @@ impl GpuContext {
                 row_stats_bytes,
             )
         });
-        let partial_bytes = (call.final_partial as u64 + 1) * std::mem::size_of::<Partial>() as u64;
+        let partial_count = call.weights_partial.unwrap_or(call.final_partial) as u64 + 1;
+        let partial_bytes = partial_count * std::mem::size_of::<Partial>() as u64;
         let partials = Range::whole(
             ensure(
                 &mut buffers.partials,
@@ -799,14 +901,18 @@ impl GpuContext {
     }
 
     /// Uploads host slices and records and submits one call.
-    fn encode(&self, buffers: &mut Buffers, call: &Call<'_>, batch: &Batch<'_>) -> Readback {
+    fn encode<T: LogitElement>(
+        &self,
+        buffers: &mut Buffers,
+        call: &Call<'_>,
+        batch: &Batch<'_, T>,
+        in_place: bool,
+    ) -> Readback {
         let device = &self.device;
         let queue = &self.queue;
         let classes = batch.classes;
-        let row_bytes = classes as u64 * 4;
         let batch_bytes = batch.batch as u64 * 4;
         let gradient = call.spec.gradient;
-        let in_place = gradient && self.gradient_in_place;
         let read_back = wgpu::BufferUsages::STORAGE | wgpu::BufferUsages::COPY_SRC;
         let uniforms = self.write_uniforms(buffers, call);
 
@@ -863,56 +969,56 @@ impl GpuContext {
         } else {
             STORAGE_IN
         };
+        let gradient_dtype = call.gradient.dtype();
         let mut chunks = Vec::with_capacity(call.chunks.len());
         for (i, chunk) in call.chunks.iter().enumerate() {
             let range = chunk.first_row * classes..(chunk.first_row + chunk.rows) * classes;
-            let chunk_bytes = chunk.rows as u64 * row_bytes;
+            let cells = chunk.rows * classes;
             if buffers.logits[i]
                 .as_ref()
                 .is_some_and(|b| !b.usage().contains(logits_usage))
             {
                 buffers.logits[i] = None;
             }
+            let logits_bytes = T::to_bytes(&batch.logits[range.clone()]);
             let logits = ensure(
                 &mut buffers.logits[i],
                 device,
                 "logits",
-                chunk_bytes,
+                logits_bytes.len() as u64,
                 logits_usage,
             );
-            queue.write_buffer(
-                &logits,
-                0,
-                bytemuck::cast_slice(&batch.logits[range.clone()]),
-            );
+            queue.write_buffer(&logits, 0, &logits_bytes);
             let targets = match batch.targets {
                 Targets::Dense(t) => {
+                    let bytes = cells as u64 * 4;
                     let buffer = ensure(
                         &mut buffers.targets[i],
                         device,
                         "targets",
-                        chunk_bytes,
+                        bytes,
                         STORAGE_IN,
                     );
                     queue.write_buffer(&buffer, 0, bytemuck::cast_slice(&t[range]));
-                    Some(Range::whole(buffer, chunk_bytes))
+                    Some(Range::whole(buffer, bytes))
                 }
                 Targets::Labels(_) => None,
             };
             let gradient = (gradient && !in_place).then(|| {
+                let bytes = gradient_dtype.buffer_bytes(cells);
                 Range::whole(
                     ensure(
                         &mut buffers.gradient[i],
                         device,
                         "gradient",
-                        chunk_bytes,
+                        bytes,
                         read_back,
                     ),
-                    chunk_bytes,
+                    bytes,
                 )
             });
             chunks.push(ChunkBindings {
-                logits: Range::whole(logits, chunk_bytes),
+                logits: Range::whole(logits, logits_bytes.len() as u64),
                 targets,
                 gradient,
             });
@@ -929,18 +1035,18 @@ impl GpuContext {
         };
 
         // Staging: per-example losses, the final partial, then the gradient
-        // and the row stats when asked for.
+        // and the row lse when asked for.
         let partial_size = std::mem::size_of::<Partial>() as u64;
         let partial_offset = batch_bytes.next_multiple_of(16);
         let mut staging_size = partial_offset + partial_size;
         let gradient_offset = gradient.then(|| {
-            let at = staging_size;
-            staging_size += batch_bytes * classes as u64;
+            let at = staging_size.next_multiple_of(16);
+            staging_size = at + gradient_dtype.buffer_bytes(batch.batch * classes);
             at
         });
-        let row_stats_offset = bindings.row_stats.as_ref().map(|_| {
+        let row_lse_offset = call.spec.row_lse.then(|| {
             let at = staging_size.next_multiple_of(16);
-            staging_size = at + batch_bytes * 2;
+            staging_size = at + batch_bytes;
             at
         });
         let timestamp_offset = self.timer.as_ref().map(|_| {
@@ -968,7 +1074,9 @@ impl GpuContext {
         if let Some(offset) = gradient_offset {
             for (chunk, bound) in call.chunks.iter().zip(&bindings.chunks) {
                 let source = bound.gradient.as_ref().unwrap_or(&bound.logits);
-                let at = offset + (chunk.first_row * classes) as u64 * 4;
+                // Chunks of packed halves hold an even number of elements
+                // (but the last), so each starts on a word.
+                let at = offset + (chunk.first_row * classes * gradient_dtype.size()) as u64;
                 encoder.copy_buffer_to_buffer(
                     &source.buffer,
                     source.offset,
@@ -978,8 +1086,8 @@ impl GpuContext {
                 );
             }
         }
-        if let (Some(offset), Some(stats)) = (row_stats_offset, &bindings.row_stats) {
-            encoder.copy_buffer_to_buffer(&stats.buffer, 0, &staging, offset, stats.size);
+        if let (Some(offset), Some(stats)) = (row_lse_offset, &bindings.row_stats) {
+            encoder.copy_buffer_to_buffer(&stats.buffer, 0, &staging, offset, batch_bytes);
         }
         if let (Some(offset), Some(timer)) = (timestamp_offset, &self.timer) {
             encoder.resolve_query_set(&timer.queries, 0..2, &timer.resolved, 0);
@@ -991,15 +1099,19 @@ impl GpuContext {
             size: staging_size,
             partial_offset,
             gradient_offset,
-            row_stats_offset,
+            row_lse_offset,
             timestamp_offset,
         }
     }
 
-    /// Records the forward kernel, the reduction and the gradient of one call.
+    /// Records the forward kernel, the reduction and the gradient of one
+    /// call: with two reads, forward, reduction, gradient; with one, the
+    /// weights pre-pass and its reduction (where the reduction has a
+    /// denominator), the single-read kernel, then the reduction.
     fn record(&self, call: &Call<'_>, b: &Bindings, in_place: bool) -> wgpu::CommandEncoder {
         let device = &self.device;
         let stride = self.uniform_stride;
+        let slot = |index: usize| (index as u64 * stride) as u32;
         let whole_or = |r: &Option<Range>, placeholder: &wgpu::Buffer| match r {
             Some(r) => r.clone(),
             None => Range::whole(placeholder.clone(), 16),
@@ -1012,6 +1124,32 @@ impl GpuContext {
             0,
             binding(&b.uniforms, 0, std::mem::size_of::<ce::Params>() as u64),
         );
+        let variant = |kernel: Kernel| Variant {
+            kernel,
+            logits: call.logits,
+            gradient: call.gradient,
+            row_cache: self.row_cache,
+        };
+        let vec4 = call.vec4(self.vector_loads);
+        // Subgroup calls never read once (plan_call hands those to the wide
+        // kernel), so their fused kernel is only a placeholder.
+        let (forward_kernel, fused_kernel) = match (call.variant, in_place) {
+            (KernelVariant::Wide, false) => (Kernel::Wide, Kernel::FusedWide),
+            (KernelVariant::Wide, true) => (Kernel::Wide, Kernel::FusedWideInPlace),
+            (KernelVariant::Narrow, false) => (Kernel::Narrow, Kernel::FusedNarrow),
+            (KernelVariant::Narrow, true) => (Kernel::Narrow, Kernel::FusedNarrowInPlace),
+            (KernelVariant::Subgroup, false) if vec4 => (Kernel::SubgroupVec4, Kernel::FusedWide),
+            (KernelVariant::Subgroup, true) if vec4 => {
+                (Kernel::SubgroupVec4, Kernel::FusedWideInPlace)
+            }
+            (KernelVariant::Subgroup, false) => (Kernel::Subgroup, Kernel::FusedWide),
+            (KernelVariant::Subgroup, true) => (Kernel::Subgroup, Kernel::FusedWideInPlace),
+        };
+        let gradient_kernel = if in_place {
+            Kernel::GradientInPlace
+        } else {
+            Kernel::Gradient
+        };
         let mut forward_groups = Vec::with_capacity(b.chunks.len());
         let mut gradient_groups = Vec::new();
         for chunk in &b.chunks {
@@ -1030,19 +1168,25 @@ impl GpuContext {
                 b.partials.entry(7),
                 row_stats.entry(8),
             ]);
-            let vec4 = call.vec4(self.vector_loads);
+            let mut forward_entries = entries.clone();
             if vec4 {
-                entries.push(chunk.logits.entry(9));
+                forward_entries.push(chunk.logits.entry(9));
             }
             forward_groups.push(device.create_bind_group(&wgpu::BindGroupDescriptor {
                 label: Some("cross_entropy"),
-                layout: match &self.subgroup_vec4 {
-                    Some((_, layout)) if vec4 => layout,
-                    _ => &self.cross_entropy_layout,
-                },
-                entries: &entries,
+                layout: self.pipelines.layout(forward_kernel),
+                entries: &forward_entries,
             }));
-            if call.spec.gradient {
+            if call.single_read {
+                if let Some(gradient) = &chunk.gradient {
+                    entries.push(gradient.entry(9));
+                }
+                gradient_groups.push(device.create_bind_group(&wgpu::BindGroupDescriptor {
+                    label: Some("cross_entropy_fused"),
+                    layout: self.pipelines.layout(fused_kernel),
+                    entries: &entries,
+                }));
+            } else if call.spec.gradient {
                 let mut entries = vec![uniform.clone()];
                 entries.extend(shared.iter().cloned());
                 entries.extend([row_stats.entry(6), b.partials.entry(7)]);
@@ -1051,18 +1195,14 @@ impl GpuContext {
                 }
                 gradient_groups.push(device.create_bind_group(&wgpu::BindGroupDescriptor {
                     label: Some("cross_entropy_grad"),
-                    layout: if in_place {
-                        &self.gradient_in_place_layout
-                    } else {
-                        &self.gradient_layout
-                    },
+                    layout: self.pipelines.layout(gradient_kernel),
                     entries: &entries,
                 }));
             }
         }
         let reduce_group = device.create_bind_group(&wgpu::BindGroupDescriptor {
             label: Some("reduce_partials"),
-            layout: &self.reduce_layout,
+            layout: self.pipelines.layout(Kernel::Reduce),
             entries: &[
                 entry(
                     0,
@@ -1075,6 +1215,14 @@ impl GpuContext {
                 b.partials.entry(1),
             ],
         });
+        let pipeline = |kernel: Kernel| self.pipelines.get(device, variant(kernel));
+        let reduce_pipeline = pipeline(Kernel::Reduce);
+        let reduce_dispatch = |pass: &mut wgpu::ComputePass<'_>,
+                               params: &reduce_partials::Params| {
+            let groups = params.count.div_ceil(reduce_partials::WORKGROUP_SIZE);
+            let (x, y) = ce::dispatch_size(groups);
+            pass.dispatch_workgroups(x, y, 1);
+        };
 
         let mut encoder = device.create_command_encoder(&wgpu::CommandEncoderDescriptor {
             label: Some("fused-loss"),
@@ -1084,41 +1232,52 @@ impl GpuContext {
                 label: Some("fused-loss"),
                 timestamp_writes: self.timer.as_ref().map(Timer::writes),
             });
-            pass.set_pipeline(
-                match (call.variant, &self.subgroup_pipeline, &self.subgroup_vec4) {
-                    (KernelVariant::Narrow, _, _) => &self.narrow_pipeline,
-                    (KernelVariant::Subgroup, _, Some((vec4, _)))
-                        if call.vec4(self.vector_loads) =>
-                    {
-                        vec4
+            if call.single_read {
+                if call.weights_partial.is_some() {
+                    pass.set_pipeline(&pipeline(Kernel::Weights));
+                    for (i, (chunk, group)) in call.chunks.iter().zip(&forward_groups).enumerate() {
+                        pass.set_bind_group(0, group, &[slot(call.weights_chunk_slot(i))]);
+                        let groups = match call.variant {
+                            KernelVariant::Narrow => chunk.groups,
+                            KernelVariant::Wide | KernelVariant::Subgroup => {
+                                chunk.groups.div_ceil(ce::NARROW_WORKGROUP_SIZE)
+                            }
+                        };
+                        let (x, y) = ce::dispatch_size(groups);
+                        pass.dispatch_workgroups(x, y, 1);
                     }
-                    (KernelVariant::Subgroup, Some((subgroup, _)), _) => subgroup,
-                    _ => &self.wide_pipeline,
-                },
-            );
-            for (i, (chunk, group)) in call.chunks.iter().zip(&forward_groups).enumerate() {
-                pass.set_bind_group(0, group, &[(i as u64 * stride) as u32]);
-                let (x, y) = ce::dispatch_size(chunk.groups);
-                pass.dispatch_workgroups(x, y, 1);
-            }
-            pass.set_pipeline(&self.reduce_pipeline);
-            for (i, params) in call.reduce_passes.iter().enumerate() {
-                let slot = (call.chunks.len() + i) as u64 * stride;
-                pass.set_bind_group(0, &reduce_group, &[slot as u32]);
-                let groups = params.count.div_ceil(reduce_partials::WORKGROUP_SIZE);
-                let (x, y) = ce::dispatch_size(groups);
-                pass.dispatch_workgroups(x, y, 1);
-            }
-            if call.spec.gradient {
-                pass.set_pipeline(if in_place {
-                    &self.gradient_in_place_pipeline
-                } else {
-                    &self.gradient_pipeline
-                });
+                    pass.set_pipeline(&reduce_pipeline);
+                    for (i, params) in call.reduce_passes.iter().enumerate() {
+                        pass.set_bind_group(0, &reduce_group, &[slot(call.weights_reduce_slot(i))]);
+                        reduce_dispatch(&mut pass, params);
+                    }
+                }
+                pass.set_pipeline(&pipeline(fused_kernel));
                 for (i, (chunk, group)) in call.chunks.iter().zip(&gradient_groups).enumerate() {
-                    pass.set_bind_group(0, group, &[(i as u64 * stride) as u32]);
-                    let elements = (chunk.rows * call.shape.classes) as u32;
-                    let (x, y) = ce::dispatch_size(elements.div_ceil(ce::GRAD_WORKGROUP_SIZE));
+                    pass.set_bind_group(0, group, &[slot(call.chunk_slot(i))]);
+                    let (x, y) = ce::dispatch_size(chunk.groups);
+                    pass.dispatch_workgroups(x, y, 1);
+                }
+            } else {
+                pass.set_pipeline(&pipeline(forward_kernel));
+                for (i, (chunk, group)) in call.chunks.iter().zip(&forward_groups).enumerate() {
+                    pass.set_bind_group(0, group, &[slot(call.chunk_slot(i))]);
+                    let (x, y) = ce::dispatch_size(chunk.groups);
+                    pass.dispatch_workgroups(x, y, 1);
+                }
+            }
+            pass.set_pipeline(&reduce_pipeline);
+            for (i, params) in call.reduce_passes.iter().enumerate() {
+                pass.set_bind_group(0, &reduce_group, &[slot(call.reduce_slot(i))]);
+                reduce_dispatch(&mut pass, params);
+            }
+            if call.spec.gradient && !call.single_read {
+                pass.set_pipeline(&pipeline(gradient_kernel));
+                let per_word = call.gradient.per_word();
+                for (i, (chunk, group)) in call.chunks.iter().zip(&gradient_groups).enumerate() {
+                    pass.set_bind_group(0, group, &[slot(call.chunk_slot(i))]);
+                    let words = (chunk.rows * call.shape.classes).div_ceil(per_word) as u32;
+                    let (x, y) = ce::dispatch_size(words.div_ceil(ce::GRAD_WORKGROUP_SIZE));
                     pass.dispatch_workgroups(x, y, 1);
                 }
             }
@@ -1177,6 +1336,26 @@ impl<'a> DeviceSlice<'a> {
         Ok(())
     }
 
+    /// Checks a slice that is copied into: `COPY_DST`, a 4-byte aligned
+    /// offset and room for `bytes`.
+    fn check_copy_target(&self, what: &'static str, bytes: u64) -> Result<()> {
+        let fail = |reason: String| Err(Error::InvalidBuffer { what, reason });
+        if !self.buffer.usage().contains(wgpu::BufferUsages::COPY_DST) {
+            return fail("the buffer lacks BufferUsages::COPY_DST".into());
+        }
+        if !self.offset.is_multiple_of(4) {
+            return fail(format!("offset {} is not a multiple of 4", self.offset));
+        }
+        if self.offset + bytes > self.buffer.size() {
+            return fail(format!(
+                "needs {bytes} bytes from offset {}, the buffer has {}",
+                self.offset,
+                self.buffer.size()
+            ));
+        }
+        Ok(())
+    }
+
     fn range(&self, size: u64) -> Range {
         Range {
             buffer: self.buffer.clone(),
@@ -1198,8 +1377,11 @@ pub enum DeviceTargets<'a> {
 /// A batch whose data already lives on the context's device.
 #[derive(Clone, Copy, Debug)]
 pub struct DeviceBatch<'a> {
-    /// `f32 [B, C]` logits (or probabilities), row-major.
+    /// `[B, C]` logits (or probabilities), row-major, of `logits_dtype`.
     pub logits: DeviceSlice<'a>,
+    /// The logits' element type: f32, or f16 / bf16 (two per u32 word,
+    /// element `n·C + c` at byte `2·(n·C + c)`; see [`crate::dtype`]).
+    pub logits_dtype: LogitDtype,
     /// B.
     pub batch: usize,
     /// C.
@@ -1213,7 +1395,8 @@ pub struct DeviceBatch<'a> {
 /// Where the gradient goes.
 #[derive(Clone, Copy, Debug)]
 pub enum GradientOutput<'a> {
-    /// Into this `f32 [B, C]` buffer.
+    /// Into this `[B, C]` buffer, f32 or of the logits' type as
+    /// [`CrossEntropy::gradient_dtype`] says.
     Into(DeviceSlice<'a>),
     /// Over the logits themselves: no extra B×C memory.
     InPlace,
@@ -1226,6 +1409,9 @@ pub struct DeviceOutputs<'a> {
     pub per_example: DeviceSlice<'a>,
     /// The gradient of the reduced loss with respect to the logits.
     pub gradient: Option<GradientOutput<'a>>,
+    /// Each row's log-sum-exp, `f32 [B]`, copied here (the buffer needs
+    /// `BufferUsages::COPY_DST`).
+    pub row_lse: Option<DeviceSlice<'a>>,
 }
 
 /// The reduced values of a [`GpuContext::submit_resident`] call, read back
@@ -1263,9 +1449,10 @@ impl PendingLoss {
         }
     }
 
-    /// Waits for the call and reads its 48-byte reduced partial: `loss`,
-    /// `average_loss` and the stats. Reports a bad label found on the
-    /// device, and a non-finite row under `check_finite`.
+    /// Waits for the call and reads its 56-byte reduced partial: `loss`,
+    /// `average_loss` and the stats. Reports a negative or NaN sample weight
+    /// or a bad label found on the device (the first row of each, weights
+    /// first), and a non-finite row under `check_finite`.
     pub async fn read(&self) -> Result<ReducedLoss> {
         let Some(result) = &self.result else {
             let stats = LossStats::default();
@@ -1305,27 +1492,64 @@ struct Shape {
 }
 
 /// One call's options, shape and plan.
-#[derive(Clone, Copy)]
 struct Call<'a> {
     spec: &'a CrossEntropy,
     shape: Shape,
     variant: KernelVariant,
-    chunks: &'a [Chunk],
-    reduce_passes: &'a [reduce_partials::Params],
+    chunks: Vec<Chunk>,
+    reduce_passes: Vec<reduce_partials::Params>,
     final_partial: u32,
+    /// How the logits and the gradient are stored.
+    logits: Storage,
+    gradient: Storage,
+    /// The single-read kernel writes the gradient (no gradient kernel).
+    single_read: bool,
+    /// Where the weights pre-pass leaves its final partial, when it runs
+    /// (single read with a reduction that has a denominator): one past the
+    /// forward pass's, since the pre-pass reduces in the same partials that
+    /// the forward pass then overwrites.
+    weights_partial: Option<u32>,
 }
 
 impl Call<'_> {
-    /// Whether the forward pass writes each row's (lse, Σ a_c).
+    /// Whether the forward pass writes each row's (lse, Σ a_c): for the
+    /// two-read gradient, and for `row_lse`.
     fn row_stats(&self) -> bool {
-        self.spec.gradient || self.spec.row_lse
+        (self.spec.gradient && !self.single_read) || self.spec.row_lse
     }
 
-    /// Whether the subgroup kernel reads the rows as vec4s.
+    /// Whether the subgroup kernel reads the rows as vec4s: f32 logits
+    /// whose rows start at multiples of 4.
     fn vec4(&self, vector_loads: bool) -> bool {
         vector_loads
             && self.variant == KernelVariant::Subgroup
+            && self.logits == Storage::F32
             && self.shape.classes.is_multiple_of(4)
+    }
+
+    fn chunk_slot(&self, i: usize) -> usize {
+        i
+    }
+
+    fn reduce_slot(&self, i: usize) -> usize {
+        self.chunks.len() + i
+    }
+
+    fn weights_chunk_slot(&self, i: usize) -> usize {
+        self.chunks.len() + self.reduce_passes.len() + i
+    }
+
+    fn weights_reduce_slot(&self, i: usize) -> usize {
+        2 * self.chunks.len() + self.reduce_passes.len() + i
+    }
+
+    fn uniform_slots(&self) -> usize {
+        let slots = self.chunks.len() + self.reduce_passes.len();
+        if self.weights_partial.is_some() {
+            2 * slots
+        } else {
+            slots
+        }
     }
 }
 
@@ -1373,23 +1597,4 @@ struct Bindings {
 
 fn entry(binding: u32, resource: wgpu::BindingResource<'_>) -> wgpu::BindGroupEntry<'_> {
     wgpu::BindGroupEntry { binding, resource }
-}
-
-fn pipeline(
-    device: &wgpu::Device,
-    kernel: Kernel,
-    layout: &wgpu::BindGroupLayout,
-) -> wgpu::ComputePipeline {
-    let label = match kernel {
-        Kernel::Wide => "cross_entropy_wide",
-        Kernel::Narrow => "cross_entropy_narrow",
-        Kernel::Subgroup => "cross_entropy_subgroup",
-        Kernel::SubgroupVec4 => "cross_entropy_subgroup_vec4",
-        Kernel::Reduce => "reduce_partials",
-        Kernel::Gradient => "cross_entropy_grad",
-        Kernel::GradientInPlace => "cross_entropy_grad_in_place",
-        Kernel::RooflineLoad => "roofline_load",
-        Kernel::RooflineCopy => "roofline_copy",
-    };
-    compute_pipeline(device, label, Cow::Owned(shader_source(kernel)), layout)
 }

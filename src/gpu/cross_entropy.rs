@@ -34,16 +34,64 @@ pub(crate) const GRAD_SHADER: &str = include_str!("../../shaders/cross_entropy_g
 pub(crate) const GRAD_IN_PLACE_SHADER: &str =
     include_str!("../../shaders/cross_entropy_grad_in_place.wgsl");
 pub(crate) const WIDE_SHADER: &str = include_str!("../../shaders/cross_entropy_wide.wgsl");
+pub(crate) const WIDE_TREE_SHADER: &str =
+    include_str!("../../shaders/cross_entropy_wide_tree.wgsl");
 pub(crate) const NARROW_SHADER: &str = include_str!("../../shaders/cross_entropy_narrow.wgsl");
 pub(crate) const SUBGROUP_SHADER: &str = include_str!("../../shaders/cross_entropy_subgroup.wgsl");
 pub(crate) const VEC4_BINDING_SHADER: &str = include_str!("../../shaders/logits_vec4_binding.wgsl");
 pub(crate) const VEC4_SCALAR_SHADER: &str = include_str!("../../shaders/logits_vec4_scalar.wgsl");
+
+pub(crate) const WEIGHTS_SHADER: &str = include_str!("../../shaders/cross_entropy_weights.wgsl");
+pub(crate) const FUSED_WIDE_SHADER: &str =
+    include_str!("../../shaders/cross_entropy_fused_wide.wgsl");
+pub(crate) const FUSED_NARROW_SHADER: &str =
+    include_str!("../../shaders/cross_entropy_fused_narrow.wgsl");
+pub(crate) const FUSED_OUT_SHADER: &str =
+    include_str!("../../shaders/cross_entropy_fused_out.wgsl");
+pub(crate) const FUSED_IN_PLACE_SHADER: &str =
+    include_str!("../../shaders/cross_entropy_fused_in_place.wgsl");
 
 /// The subgroup sizes an adapter may use, where it has `Features::SUBGROUP`.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub(crate) struct SubgroupSizes {
     pub min: u32,
     pub max: u32,
+}
+
+/// Classes a row may have for the single-read narrow kernel (its private
+/// row cache); keep in sync with `NARROW_CACHE` in
+/// `cross_entropy_fused_narrow.wgsl`.
+pub(crate) const NARROW_CACHE_CLASSES: usize = 64;
+/// The single-read wide kernel caches at most this many classes.
+pub(crate) const MAX_ROW_CACHE_CLASSES: u32 = 4096;
+/// Workgroup memory the wide tree takes besides the row cache: five arrays
+/// of WIDE_WORKGROUP_SIZE words.
+const WIDE_TREE_BYTES: u32 = 5 * 4 * WIDE_WORKGROUP_SIZE;
+
+/// The row cache of the single-read wide kernel for a device with
+/// `workgroup_bytes` of workgroup memory: a multiple of the workgroup size,
+/// at most [`MAX_ROW_CACHE_CLASSES`]; 0 when not even one stride fits.
+pub(crate) fn row_cache_classes(workgroup_bytes: u32) -> u32 {
+    let classes = workgroup_bytes.saturating_sub(WIDE_TREE_BYTES) / 4;
+    (classes / WIDE_WORKGROUP_SIZE * WIDE_WORKGROUP_SIZE).min(MAX_ROW_CACHE_CLASSES)
+}
+
+/// Whether one call can take the single-read path: logits (not
+/// probabilities), a row that fits the variant's cache, and for a packed
+/// half gradient an even C (so that no storage word spans two rows).
+pub(crate) fn single_read_fits(
+    variant: KernelVariant,
+    classes: usize,
+    row_cache: u32,
+    gradient_per_word: usize,
+) -> bool {
+    let cache = match variant {
+        KernelVariant::Wide => row_cache as usize,
+        // Gradient rows that fit the cache run on the wide kernel instead.
+        KernelVariant::Subgroup => 0,
+        KernelVariant::Narrow => NARROW_CACHE_CLASSES,
+    };
+    classes <= cache && classes.is_multiple_of(gradient_per_word)
 }
 
 /// Which fused kernel computes the rows.
@@ -57,7 +105,9 @@ pub enum KernelVariant {
     Narrow,
     /// A subgroup per row, combined with subgroup operations: no barrier
     /// per row. Needs `Features::SUBGROUP`; without it, or for rows too
-    /// long for its loop budget, [`KernelVariant::Wide`] runs instead.
+    /// long for its loop budget, [`KernelVariant::Wide`] runs instead, and
+    /// so it does for a gradient of rows that fit the single-read row cache
+    /// (so that one read and two give the same bits).
     Subgroup,
 }
 
@@ -110,6 +160,7 @@ pub(crate) const FLAG_SOFTCAP: u32 = 64;
 pub(crate) const FLAG_Z_LOSS: u32 = 128;
 pub(crate) const FLAG_ROW_STATS: u32 = 256;
 pub(crate) const FLAG_VEC4: u32 = 512;
+pub(crate) const FLAG_NARROW_PARTITION: u32 = 1024;
 
 /// Loop iterations one invocation may run. lavapipe silently stops a loop
 /// after 65,535 (DESIGN §5); this leaves a wide margin.
@@ -176,11 +227,13 @@ fn rows_at_once(variant: KernelVariant, sizes: SubgroupSizes) -> usize {
 }
 
 /// The most classes one row may have with this kernel on a device whose
-/// bindings hold `max_binding_bytes`.
+/// bindings hold `max_binding_bytes`, for `element_bytes` per element of the
+/// widest `[B, C]` array a chunk binds.
 pub(crate) fn max_classes(
     variant: KernelVariant,
     passes: u64,
     max_binding_bytes: u64,
+    element_bytes: u64,
     sizes: SubgroupSizes,
 ) -> usize {
     let by_trips = match variant {
@@ -188,13 +241,14 @@ pub(crate) fn max_classes(
         KernelVariant::Narrow => (TRIP_BUDGET - 4) / passes,
         KernelVariant::Subgroup => subgroup_max_classes(passes, sizes) as u64,
     };
-    by_trips.min(max_binding_bytes / 4) as usize
+    by_trips.min(max_binding_bytes / element_bytes) as usize
 }
 
-/// Cuts `batch` rows into chunks of at most `max_binding_bytes` of logits and
-/// chooses each chunk's workgroups. `rows_per_group` overrides the choice,
-/// within the loop-trip budget. Every chunk but the last has a multiple of
-/// `row_multiple` rows, so that chunk offsets inside one buffer stay aligned.
+/// Cuts `batch` rows into chunks whose `[B, C]` arrays (`element_bytes` per
+/// element in the widest) fit `max_binding_bytes` and chooses each chunk's
+/// workgroups. `rows_per_group` overrides the choice, within the loop-trip
+/// budget. Every chunk but the last has a multiple of `row_multiple` rows,
+/// so that chunk offsets inside one buffer stay aligned.
 #[allow(clippy::too_many_arguments)]
 pub(crate) fn plan(
     variant: KernelVariant,
@@ -203,10 +257,11 @@ pub(crate) fn plan(
     classes: usize,
     passes: u64,
     max_binding_bytes: u64,
+    element_bytes: u64,
     rows_per_group: Option<u32>,
     row_multiple: usize,
 ) -> Result<Vec<Chunk>> {
-    let max_classes = max_classes(variant, passes, max_binding_bytes, sizes);
+    let max_classes = max_classes(variant, passes, max_binding_bytes, element_bytes, sizes);
     if classes > max_classes {
         return Err(Error::RowTooLarge {
             classes,
@@ -217,12 +272,12 @@ pub(crate) fn plan(
     if batch > max_batch {
         return Err(Error::BatchTooLarge { batch, max_batch });
     }
-    let row_bytes = classes as u64 * 4;
+    let row_bytes = classes as u64 * element_bytes;
     let rows_per_chunk = (max_binding_bytes / row_bytes) as usize / row_multiple * row_multiple;
     if rows_per_chunk == 0 {
         return Err(Error::RowTooLarge {
             classes,
-            max_classes: (max_binding_bytes / 4 / row_multiple as u64) as usize,
+            max_classes: (max_binding_bytes / element_bytes / row_multiple as u64) as usize,
         });
     }
     // Rows one invocation walks per workgroup row.
@@ -320,6 +375,37 @@ pub(crate) fn vec4_layout(device: &wgpu::Device) -> wgpu::BindGroupLayout {
     })
 }
 
+/// Storage buffers the out-of-place single-read kernels bind in one stage
+/// (WebGPU's default limit is 8).
+pub(crate) const FUSED_STORAGE_BUFFERS: u32 = 9;
+
+/// The single-read kernels' bindings: the forward kernels' and, out of
+/// place, the gradient chunk; in place, the logits are written.
+pub(crate) fn fused_layout(device: &wgpu::Device, in_place: bool) -> wgpu::BindGroupLayout {
+    let mut entries = vec![
+        uniform_entry(0, std::mem::size_of::<Params>()),
+        storage_entry(1, !in_place), // logits chunk
+        storage_entry(2, true),      // dense targets chunk
+        storage_entry(3, true),      // labels
+        storage_entry(4, true),      // class weights
+        storage_entry(5, true),      // sample weights
+        storage_entry(6, false),     // per-example losses
+        storage_entry(7, false),     // partials
+        storage_entry(8, false),     // row stats
+    ];
+    if !in_place {
+        entries.push(storage_entry(9, false)); // gradient chunk
+    }
+    device.create_bind_group_layout(&wgpu::BindGroupLayoutDescriptor {
+        label: Some(if in_place {
+            "cross_entropy_fused_in_place"
+        } else {
+            "cross_entropy_fused"
+        }),
+        entries: &entries,
+    })
+}
+
 /// The gradient kernels' bindings; in place, the logits are written and
 /// there is no separate gradient buffer.
 pub(crate) fn gradient_layout(device: &wgpu::Device, in_place: bool) -> wgpu::BindGroupLayout {
@@ -373,6 +459,7 @@ mod tests {
             600_000,
             1,
             128 << 20,
+            4,
             None,
             1,
         )
@@ -396,9 +483,18 @@ mod tests {
                 .into_iter()
                 .flat_map(|v| [LAVAPIPE, SubgroupSizes { min: 4, max: 128 }].map(|s| (v, s)))
             {
-                let Ok(chunks) = plan(variant, sizes, 200_000, classes, 2, u64::MAX / 4, None, 1)
-                else {
-                    assert!(classes > max_classes(variant, 2, u64::MAX / 4, sizes));
+                let Ok(chunks) = plan(
+                    variant,
+                    sizes,
+                    200_000,
+                    classes,
+                    2,
+                    u64::MAX / 4,
+                    4,
+                    None,
+                    1,
+                ) else {
+                    assert!(classes > max_classes(variant, 2, u64::MAX / 4, 4, sizes));
                     continue;
                 };
                 // The fewest rows at once means the most rows per invocation.
@@ -425,6 +521,7 @@ mod tests {
             10,
             1,
             10_000,
+            4,
             None,
             32,
         )
@@ -443,11 +540,54 @@ mod tests {
                 100_000_000,
                 1,
                 1 << 40,
+                4,
                 None,
                 1
             ),
             Err(Error::RowTooLarge { .. })
         ));
+    }
+
+    #[test]
+    fn row_cache_follows_workgroup_memory() {
+        assert_eq!(row_cache_classes(16_384), 3456);
+        assert_eq!(row_cache_classes(32_768), MAX_ROW_CACHE_CLASSES);
+        assert_eq!(row_cache_classes(2048), 0);
+        assert!(single_read_fits(KernelVariant::Wide, 3456, 3456, 2));
+        assert!(!single_read_fits(KernelVariant::Wide, 3457, 3456, 1));
+        assert!(!single_read_fits(KernelVariant::Wide, 33, 3456, 2));
+        assert!(single_read_fits(KernelVariant::Narrow, 64, 0, 1));
+        assert!(!single_read_fits(KernelVariant::Narrow, 65, 4096, 1));
+    }
+
+    #[test]
+    fn half_chunks_hold_twice_the_rows() {
+        let f32_chunks = plan(
+            KernelVariant::Narrow,
+            LAVAPIPE,
+            1000,
+            10,
+            1,
+            10_240,
+            4,
+            None,
+            1,
+        )
+        .unwrap();
+        let half_chunks = plan(
+            KernelVariant::Narrow,
+            LAVAPIPE,
+            1000,
+            10,
+            1,
+            10_240,
+            2,
+            None,
+            1,
+        )
+        .unwrap();
+        assert_eq!(f32_chunks[0].rows, 256);
+        assert_eq!(half_chunks[0].rows, 512);
     }
 
     #[test]

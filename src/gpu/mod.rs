@@ -3,6 +3,7 @@
 mod context;
 pub(crate) mod cross_entropy;
 mod diagnostics;
+mod pipelines;
 pub(crate) mod reduce_partials;
 mod roofline;
 mod timer;
@@ -19,56 +20,188 @@ pub use roofline::{Roofline, Timing};
 /// prepended to every kernel.
 const PARTIAL_SHADER: &str = include_str!("../../shaders/partial.wgsl");
 
-/// The full WGSL source of a kernel: its libraries, then its entry file.
-pub(crate) fn shader_source(kernel: Kernel) -> String {
-    let parts: &[&str] = match kernel {
-        Kernel::Wide => &[
-            PARTIAL_SHADER,
-            ce::ROW_SHADER,
+/// How a kernel's B×C logits or gradient sit in a storage buffer.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub(crate) enum Storage {
+    /// `array<f32>`.
+    F32,
+    /// `array<f16>`, with `enable f16;` (devices with `SHADER_F16`).
+    F16,
+    /// f16 packed two per `u32`.
+    F16Words,
+    /// bf16 packed two per `u32`.
+    Bf16Words,
+}
+
+impl Storage {
+    #[cfg(test)]
+    pub(crate) const ALL: [Storage; 4] = [
+        Storage::F32,
+        Storage::F16,
+        Storage::F16Words,
+        Storage::Bf16Words,
+    ];
+
+    /// The storage of `dtype` on a device with (`native_f16`) or without
+    /// `SHADER_F16`.
+    pub(crate) fn of(dtype: crate::LogitDtype, native_f16: bool) -> Storage {
+        match dtype {
+            crate::LogitDtype::F32 => Storage::F32,
+            crate::LogitDtype::F16 if native_f16 => Storage::F16,
+            crate::LogitDtype::F16 => Storage::F16Words,
+            crate::LogitDtype::Bf16 => Storage::Bf16Words,
+        }
+    }
+
+    /// Bytes per element.
+    pub(crate) fn size(self) -> usize {
+        self.dtype().size()
+    }
+
+    /// The element type it holds.
+    pub(crate) fn dtype(self) -> crate::LogitDtype {
+        match self {
+            Storage::F32 => crate::LogitDtype::F32,
+            Storage::F16 | Storage::F16Words => crate::LogitDtype::F16,
+            Storage::Bf16Words => crate::LogitDtype::Bf16,
+        }
+    }
+
+    /// Elements per storage word written by one gradient invocation.
+    pub(crate) fn per_word(self) -> usize {
+        match self {
+            Storage::F32 | Storage::F16 => 1,
+            Storage::F16Words | Storage::Bf16Words => 2,
+        }
+    }
+
+    fn logits_library(self) -> &'static str {
+        match self {
+            Storage::F32 => include_str!("../../shaders/logits_f32.wgsl"),
+            Storage::F16 => include_str!("../../shaders/logits_f16.wgsl"),
+            Storage::F16Words => include_str!("../../shaders/logits_f16_words.wgsl"),
+            Storage::Bf16Words => include_str!("../../shaders/logits_bf16_words.wgsl"),
+        }
+    }
+
+    fn gradient_library(self) -> &'static str {
+        match self {
+            Storage::F32 => include_str!("../../shaders/gradient_f32.wgsl"),
+            Storage::F16 => include_str!("../../shaders/gradient_f16.wgsl"),
+            Storage::F16Words => include_str!("../../shaders/gradient_f16_words.wgsl"),
+            Storage::Bf16Words => include_str!("../../shaders/gradient_bf16_words.wgsl"),
+        }
+    }
+}
+
+/// One compiled variant of a kernel: the kernel and the storage of its
+/// logits and gradient (ignored by kernels that do not touch them).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub(crate) struct Variant {
+    pub kernel: Kernel,
+    pub logits: Storage,
+    pub gradient: Storage,
+    /// `ROW_CACHE` of the single-read wide kernel, in classes.
+    pub row_cache: u32,
+}
+
+impl Variant {
+    /// `kernel` on f32 logits and gradient.
+    pub(crate) fn f32(kernel: Kernel) -> Variant {
+        Variant {
+            kernel,
+            logits: Storage::F32,
+            gradient: Storage::F32,
+            row_cache: 0,
+        }
+    }
+
+    /// The same kernel with the fields it ignores reset, so that one source
+    /// is built once.
+    pub(crate) fn normalized(self) -> Variant {
+        let mut v = self;
+        if matches!(v.kernel, Kernel::Reduce | Kernel::Weights) {
+            v.logits = Storage::F32;
+        }
+        if !v.kernel.writes_gradient() {
+            v.gradient = Storage::F32;
+        }
+        if !matches!(v.kernel, Kernel::FusedWide | Kernel::FusedWideInPlace) {
+            v.row_cache = 0;
+        }
+        v
+    }
+}
+
+/// The full WGSL source of a kernel variant: an `enable f16;` where f16 is
+/// stored, its libraries, then its entry file.
+pub(crate) fn shader_source(variant: Variant) -> String {
+    let Variant {
+        kernel,
+        logits,
+        gradient,
+        row_cache,
+    } = variant;
+    let mut parts: Vec<Cow<'static, str>> = Vec::new();
+    let uses_gradient = kernel.writes_gradient();
+    if logits == Storage::F16 || (uses_gradient && gradient == Storage::F16) {
+        parts.push("enable f16;\n\n".into());
+    }
+    parts.push(PARTIAL_SHADER.into());
+    if kernel == Kernel::Reduce {
+        parts.push(reduce_partials::SHADER.into());
+        return parts.concat();
+    }
+    parts.push(ce::ROW_SHADER.into());
+    parts.push(logits.logits_library().into());
+    if uses_gradient {
+        parts.push(gradient.gradient_library().into());
+    }
+    let entry: &[&str] = match kernel {
+        Kernel::Wide => &[ce::FORWARD_SHADER, ce::WIDE_TREE_SHADER, ce::WIDE_SHADER],
+        Kernel::Narrow => &[ce::FORWARD_SHADER, ce::NARROW_SHADER],
+        Kernel::Weights => &[ce::FORWARD_SHADER, ce::WEIGHTS_SHADER],
+        Kernel::Gradient => &[ce::GRAD_ROW_SHADER, ce::GRAD_SHADER],
+        Kernel::GradientInPlace => &[ce::GRAD_ROW_SHADER, ce::GRAD_IN_PLACE_SHADER],
+        Kernel::FusedWide | Kernel::FusedWideInPlace => {
+            parts.push(format!("const ROW_CACHE: u32 = {row_cache}u;\n\n").into());
+            &[
+                ce::FORWARD_SHADER,
+                ce::GRAD_ROW_SHADER,
+                ce::WIDE_TREE_SHADER,
+                ce::FUSED_WIDE_SHADER,
+            ]
+        }
+        Kernel::FusedNarrow | Kernel::FusedNarrowInPlace => &[
             ce::FORWARD_SHADER,
-            ce::WIDE_SHADER,
-        ],
-        Kernel::Narrow => &[
-            PARTIAL_SHADER,
-            ce::ROW_SHADER,
-            ce::FORWARD_SHADER,
-            ce::NARROW_SHADER,
+            ce::GRAD_ROW_SHADER,
+            ce::FUSED_NARROW_SHADER,
         ],
         Kernel::Subgroup => &[
-            PARTIAL_SHADER,
-            ce::ROW_SHADER,
             ce::FORWARD_SHADER,
             ce::VEC4_SCALAR_SHADER,
             ce::SUBGROUP_SHADER,
         ],
         Kernel::SubgroupVec4 => &[
-            PARTIAL_SHADER,
-            ce::ROW_SHADER,
             ce::FORWARD_SHADER,
             ce::VEC4_BINDING_SHADER,
             ce::SUBGROUP_SHADER,
         ],
-        Kernel::Reduce => &[PARTIAL_SHADER, reduce_partials::SHADER],
-        Kernel::Gradient => &[
-            PARTIAL_SHADER,
-            ce::ROW_SHADER,
-            ce::GRAD_ROW_SHADER,
-            ce::GRAD_SHADER,
-        ],
-        Kernel::GradientInPlace => &[
-            PARTIAL_SHADER,
-            ce::ROW_SHADER,
-            ce::GRAD_ROW_SHADER,
-            ce::GRAD_IN_PLACE_SHADER,
-        ],
-        Kernel::RooflineLoad => &[roofline::LOAD_SHADER],
-        Kernel::RooflineCopy => &[roofline::COPY_SHADER],
+        Kernel::Reduce => unreachable!("returned above"),
     };
+    if kernel.is_fused() {
+        parts.push(if kernel.in_place() {
+            ce::FUSED_IN_PLACE_SHADER.into()
+        } else {
+            ce::FUSED_OUT_SHADER.into()
+        });
+    }
+    parts.extend(entry.iter().map(|&part| Cow::Borrowed(part)));
     parts.concat()
 }
 
 /// Every compute kernel of the crate.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
 pub(crate) enum Kernel {
     Wide,
     Narrow,
@@ -77,13 +210,17 @@ pub(crate) enum Kernel {
     Reduce,
     Gradient,
     GradientInPlace,
-    RooflineLoad,
-    RooflineCopy,
+    /// The single-read kernels' pre-pass: the reduction's denominators.
+    Weights,
+    FusedWide,
+    FusedWideInPlace,
+    FusedNarrow,
+    FusedNarrowInPlace,
 }
 
 impl Kernel {
     #[cfg(test)]
-    pub(crate) const ALL: [Kernel; 9] = [
+    pub(crate) const ALL: [Kernel; 12] = [
         Kernel::Wide,
         Kernel::Narrow,
         Kernel::Subgroup,
@@ -91,10 +228,57 @@ impl Kernel {
         Kernel::Reduce,
         Kernel::Gradient,
         Kernel::GradientInPlace,
-        Kernel::RooflineLoad,
-        Kernel::RooflineCopy,
+        Kernel::Weights,
+        Kernel::FusedWide,
+        Kernel::FusedWideInPlace,
+        Kernel::FusedNarrow,
+        Kernel::FusedNarrowInPlace,
     ];
+
+    fn is_fused(self) -> bool {
+        matches!(
+            self,
+            Kernel::FusedWide
+                | Kernel::FusedWideInPlace
+                | Kernel::FusedNarrow
+                | Kernel::FusedNarrowInPlace
+        )
+    }
+
+    /// Whether the kernel writes the gradient (and so includes a gradient
+    /// storage library).
+    pub(crate) fn writes_gradient(self) -> bool {
+        self.is_fused() || matches!(self, Kernel::Gradient | Kernel::GradientInPlace)
+    }
+
+    /// Whether the gradient is written over the logits.
+    pub(crate) fn in_place(self) -> bool {
+        matches!(
+            self,
+            Kernel::GradientInPlace | Kernel::FusedWideInPlace | Kernel::FusedNarrowInPlace
+        )
+    }
+
+    /// The name of its pipeline.
+    pub(crate) fn label(self) -> &'static str {
+        match self {
+            Kernel::Wide => "cross_entropy_wide",
+            Kernel::Narrow => "cross_entropy_narrow",
+            Kernel::Subgroup => "cross_entropy_subgroup",
+            Kernel::SubgroupVec4 => "cross_entropy_subgroup_vec4",
+            Kernel::Reduce => "reduce_partials",
+            Kernel::Gradient => "cross_entropy_grad",
+            Kernel::GradientInPlace => "cross_entropy_grad_in_place",
+            Kernel::Weights => "cross_entropy_weights",
+            Kernel::FusedWide => "cross_entropy_fused_wide",
+            Kernel::FusedWideInPlace => "cross_entropy_fused_wide_in_place",
+            Kernel::FusedNarrow => "cross_entropy_fused_narrow",
+            Kernel::FusedNarrowInPlace => "cross_entropy_fused_narrow_in_place",
+        }
+    }
 }
+
+use std::borrow::Cow;
 
 use bytemuck::{Pod, Zeroable};
 
@@ -121,6 +305,8 @@ pub(crate) struct Partial {
     pub first_bad_row: u32,
     pub bad_label: i32,
     pub first_nonfinite_row: u32,
+    pub first_bad_weight_row: u32,
+    pub bad_weight: f32,
 }
 
 fn float_float(pair: [f32; 2]) -> f64 {
@@ -192,10 +378,19 @@ pub(crate) async fn map_read<T>(
 }
 
 impl Partial {
-    /// The errors a partial carries: the first bad label, and with
-    /// `check_finite` the first non-finite row.
+    /// The errors a partial carries: the first negative or NaN sample
+    /// weight, the first bad label, and with `check_finite` the first
+    /// non-finite row.
     pub(crate) fn check(&self, classes: usize, check_finite: bool) -> crate::Result<()> {
         use crate::Error;
+        // Sample weights first: the host path checks them before the labels.
+        if self.first_bad_weight_row != NO_ROW {
+            return Err(Error::InvalidWeight {
+                what: "sample weight",
+                index: self.first_bad_weight_row as usize,
+                value: self.bad_weight as f64,
+            });
+        }
         if self.first_bad_row != NO_ROW {
             return Err(Error::LabelOutOfRange {
                 row: self.first_bad_row as usize,
@@ -229,34 +424,74 @@ impl Partial {
 mod tests {
     use super::*;
 
-    /// Every shader parses and validates with naga; no GPU needed.
+    /// Every kernel variant parses and validates with naga; no GPU needed.
     #[test]
     fn shaders_validate_with_naga() {
         for kernel in Kernel::ALL {
-            let name = format!("{kernel:?}");
-            let source = shader_source(kernel);
-            let module = naga::front::wgsl::parse_str(&source)
-                .unwrap_or_else(|e| panic!("{name}: {}", e.emit_to_string(&source)));
-            let capabilities = if matches!(kernel, Kernel::Subgroup | Kernel::SubgroupVec4) {
-                naga::valid::Capabilities::SUBGROUP
-            } else {
-                naga::valid::Capabilities::empty()
-            };
-            naga::valid::Validator::new(naga::valid::ValidationFlags::all(), capabilities)
-                .subgroup_stages(naga::valid::ShaderStages::COMPUTE)
-                .subgroup_operations(naga::valid::SubgroupOperationSet::all())
-                .validate(&module)
-                .unwrap_or_else(|e| panic!("{name}: {e:?}"));
+            for logits in Storage::ALL {
+                for gradient in Storage::ALL {
+                    // In place the gradient has the logits' storage.
+                    if kernel.in_place() && gradient != logits {
+                        continue;
+                    }
+                    let variant = Variant {
+                        kernel,
+                        logits,
+                        gradient,
+                        row_cache: 512,
+                    };
+                    let name = format!("{variant:?}");
+                    validate(&shader_source(variant), kernel, true)
+                        .unwrap_or_else(|e| panic!("{name}: {e}"));
+                }
+            }
+        }
+        for source in [roofline::LOAD_SHADER, roofline::COPY_SHADER] {
+            validate(source, Kernel::Reduce, false).unwrap();
+        }
+    }
+
+    /// Parses and validates `source`, with subgroups for the subgroup
+    /// kernels and f16 only when `f16` is set.
+    fn validate(source: &str, kernel: Kernel, f16: bool) -> Result<(), String> {
+        let module = naga::front::wgsl::parse_str(source).map_err(|e| e.emit_to_string(source))?;
+        let mut capabilities = naga::valid::Capabilities::empty();
+        if f16 {
+            capabilities |= naga::valid::Capabilities::SHADER_FLOAT16;
+        }
+        if matches!(kernel, Kernel::Subgroup | Kernel::SubgroupVec4) {
+            capabilities |= naga::valid::Capabilities::SUBGROUP;
+        }
+        naga::valid::Validator::new(naga::valid::ValidationFlags::all(), capabilities)
+            .subgroup_stages(naga::valid::ShaderStages::COMPUTE)
+            .subgroup_operations(naga::valid::SubgroupOperationSet::all())
+            .validate(&module)
+            .map(|_| ())
+            .map_err(|e| format!("{e:?}"))
+    }
+
+    /// Without f16 storage no kernel needs `SHADER_F16` or even
+    /// `SHADER_F16_IN_F32` (the packed f16 path converts with integer
+    /// operations).
+    #[test]
+    fn packed_variants_need_no_f16() {
+        for kernel in Kernel::ALL {
+            for storage in [Storage::F32, Storage::F16Words, Storage::Bf16Words] {
+                let source = shader_source(Variant {
+                    kernel,
+                    logits: storage,
+                    gradient: storage,
+                    row_cache: 512,
+                });
+                validate(&source, kernel, false)
+                    .unwrap_or_else(|e| panic!("{kernel:?} {storage:?}: {e}"));
+            }
         }
     }
 
     /// The WGSL workgroup sizes are the Rust constants.
     #[test]
     fn workgroup_sizes_are_in_sync() {
-        assert!(cross_entropy::WIDE_SHADER.contains(&format!(
-            "const WG: u32 = {}u;",
-            cross_entropy::WIDE_WORKGROUP_SIZE
-        )));
         assert!(cross_entropy::NARROW_SHADER.contains(&format!(
             "const WG: u32 = {}u;",
             cross_entropy::NARROW_WORKGROUP_SIZE
@@ -265,9 +500,31 @@ mod tests {
             "const WG: u32 = {}u;",
             cross_entropy::SUBGROUP_WORKGROUP_SIZE
         )));
-        assert!(cross_entropy::GRAD_ROW_SHADER.contains(&format!(
+        for shader in [
+            cross_entropy::GRAD_SHADER,
+            cross_entropy::GRAD_IN_PLACE_SHADER,
+        ] {
+            assert!(shader.contains(&format!(
+                "const WG: u32 = {}u;",
+                cross_entropy::GRAD_WORKGROUP_SIZE
+            )));
+        }
+        assert!(cross_entropy::WIDE_TREE_SHADER.contains(&format!(
             "const WG: u32 = {}u;",
-            cross_entropy::GRAD_WORKGROUP_SIZE
+            cross_entropy::WIDE_WORKGROUP_SIZE
+        )));
+        for shader in [
+            cross_entropy::FUSED_NARROW_SHADER,
+            cross_entropy::WEIGHTS_SHADER,
+        ] {
+            assert!(shader.contains(&format!(
+                "const WG: u32 = {}u;",
+                cross_entropy::NARROW_WORKGROUP_SIZE
+            )));
+        }
+        assert!(cross_entropy::FUSED_NARROW_SHADER.contains(&format!(
+            "const NARROW_CACHE: u32 = {}u;",
+            cross_entropy::NARROW_CACHE_CLASSES
         )));
         assert!(reduce_partials::SHADER.contains(&format!(
             "const WG: u32 = {}u;",
@@ -280,7 +537,7 @@ mod tests {
 
     #[test]
     fn partial_layout_matches_wgsl() {
-        assert_eq!(std::mem::size_of::<Partial>(), 48);
+        assert_eq!(std::mem::size_of::<Partial>(), 56);
         assert_eq!(std::mem::size_of::<cross_entropy::Params>(), 64);
         assert_eq!(std::mem::size_of::<reduce_partials::Params>(), 16);
     }

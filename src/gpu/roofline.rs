@@ -9,7 +9,7 @@ use std::time::{Duration, Instant};
 use bytemuck::{Pod, Zeroable};
 
 use super::timer::Timer;
-use super::{compute_pipeline, map_read, shader_source, GpuContext, Kernel};
+use super::{compute_pipeline, map_read, GpuContext};
 use crate::error::{Error, Result};
 
 /// Threads per workgroup; keep in sync with `WG` in both shaders.
@@ -116,18 +116,8 @@ impl<'a> Roofline<'a> {
                 storage_entry(2, false),
             ],
         });
-        let load = compute_pipeline(
-            device,
-            "roofline_load",
-            shader_source(Kernel::RooflineLoad).into(),
-            &layout,
-        );
-        let copy = compute_pipeline(
-            device,
-            "roofline_copy",
-            shader_source(Kernel::RooflineCopy).into(),
-            &layout,
-        );
+        let load = compute_pipeline(device, "roofline_load", LOAD_SHADER.into(), &layout);
+        let copy = compute_pipeline(device, "roofline_copy", COPY_SHADER.into(), &layout);
         let uniforms = device.create_buffer(&wgpu::BufferDescriptor {
             label: Some("roofline_params"),
             size: std::mem::size_of::<Params>() as u64,

@@ -2,7 +2,7 @@
 #![allow(dead_code)]
 
 use fused_loss::cpu::reference::{self, RowLoss};
-use fused_loss::{Batch, CrossEntropy, Engine, Error, GpuOptions, KernelVariant};
+use fused_loss::{Batch, CrossEntropy, Engine, Error, GpuOptions, KernelVariant, LogitElement};
 
 /// The GPU engine. With `FUSED_LOSS_REQUIRE_GPU=1` (as in CI) a missing
 /// adapter fails the test; otherwise the test is skipped with a message.
@@ -110,8 +110,13 @@ pub fn same_special(a: f64, b: f64) -> bool {
 
 /// Checks every per-example loss against the f64 reference; names the first
 /// offending row with both values.
-pub fn assert_matches_reference(spec: &CrossEntropy, batch: &Batch<'_>, got: &[f32]) {
+pub fn assert_matches_reference<T: LogitElement>(
+    spec: &CrossEntropy,
+    batch: &Batch<'_, T>,
+    got: &[f32],
+) {
     let rows = reference::row_losses(spec, batch).expect("reference");
+    let logits = T::to_f32_slice(batch.logits);
     assert_eq!(rows.len(), got.len());
     for (n, (row, &g)) in rows.iter().zip(got).enumerate() {
         let g = g as f64;
@@ -124,7 +129,7 @@ pub fn assert_matches_reference(spec: &CrossEntropy, batch: &Batch<'_>, got: &[f
             continue;
         }
         let c = batch.classes;
-        let tol = tolerance(row, &batch.logits[n * c..(n + 1) * c]);
+        let tol = tolerance(row, &logits[n * c..(n + 1) * c]);
         assert!(
             (g - row.loss).abs() <= tol,
             "row {n}: gpu {g} vs reference {} (|Δ| = {:e} > tol {tol:e})",

@@ -1,0 +1,126 @@
+//! The bind group layouts, and one compute pipeline per kernel variant,
+//! built on first use and kept (the f32 forward, reduction and gradient
+//! kernels, and the subgroup kernels where the device has subgroups, are
+//! built up front).
+
+use std::borrow::Cow;
+use std::collections::HashMap;
+use std::sync::Mutex;
+
+use super::cross_entropy::{self as ce, SubgroupSizes};
+use super::{compute_pipeline, reduce_partials, shader_source, Kernel, Variant};
+
+pub(crate) struct Pipelines {
+    forward: wgpu::BindGroupLayout,
+    reduce: wgpu::BindGroupLayout,
+    gradient: wgpu::BindGroupLayout,
+    gradient_in_place: wgpu::BindGroupLayout,
+    /// `None` where the device allows fewer than nine storage buffers per
+    /// stage: the single-read kernels then only run in place.
+    fused: Option<wgpu::BindGroupLayout>,
+    fused_in_place: wgpu::BindGroupLayout,
+    /// The device's subgroup sizes, where it has `Features::SUBGROUP`.
+    subgroups: Option<SubgroupSizes>,
+    /// The subgroup kernel's layout with the logits bound again as vec4s,
+    /// where the device has subgroups and nine storage buffers per stage.
+    vec4: Option<wgpu::BindGroupLayout>,
+    built: Mutex<HashMap<Variant, wgpu::ComputePipeline>>,
+}
+
+impl Pipelines {
+    /// The layouts, and the f32 pipelines every context needs.
+    pub(crate) fn new(device: &wgpu::Device) -> Pipelines {
+        let subgroups = device
+            .features()
+            .contains(wgpu::Features::SUBGROUP)
+            .then(|| {
+                let info = device.adapter_info();
+                SubgroupSizes {
+                    min: info.subgroup_min_size.max(1),
+                    max: info.subgroup_max_size.max(info.subgroup_min_size).max(1),
+                }
+            });
+        let nine_storage_buffers =
+            device.limits().max_storage_buffers_per_shader_stage >= ce::FUSED_STORAGE_BUFFERS;
+        let pipelines = Pipelines {
+            forward: ce::layout(device),
+            reduce: reduce_partials::layout(device),
+            gradient: ce::gradient_layout(device, false),
+            gradient_in_place: ce::gradient_layout(device, true),
+            fused: nine_storage_buffers.then(|| ce::fused_layout(device, false)),
+            fused_in_place: ce::fused_layout(device, true),
+            subgroups,
+            vec4: (subgroups.is_some() && nine_storage_buffers).then(|| ce::vec4_layout(device)),
+            built: Mutex::new(HashMap::new()),
+        };
+        for kernel in [
+            Kernel::Wide,
+            Kernel::Narrow,
+            Kernel::Reduce,
+            Kernel::Gradient,
+            Kernel::GradientInPlace,
+        ] {
+            pipelines.get(device, Variant::f32(kernel));
+        }
+        if pipelines.subgroups.is_some() {
+            pipelines.get(device, Variant::f32(Kernel::Subgroup));
+        }
+        if pipelines.has_vec4() {
+            pipelines.get(device, Variant::f32(Kernel::SubgroupVec4));
+        }
+        pipelines
+    }
+
+    /// The device's subgroup sizes, where it has subgroups.
+    pub(crate) fn subgroups(&self) -> Option<SubgroupSizes> {
+        self.subgroups
+    }
+
+    /// Whether the subgroup kernel can read rows as vec4s on this device.
+    pub(crate) fn has_vec4(&self) -> bool {
+        self.vec4.is_some()
+    }
+
+    /// Whether the single-read kernels can write the gradient into a
+    /// separate buffer on this device.
+    pub(crate) fn fused_out_of_place(&self) -> bool {
+        self.fused.is_some()
+    }
+
+    /// The bind group layout of `kernel`; the out-of-place single-read
+    /// kernels only where [`Pipelines::fused_out_of_place`].
+    pub(crate) fn layout(&self, kernel: Kernel) -> &wgpu::BindGroupLayout {
+        match kernel {
+            Kernel::Wide | Kernel::Narrow | Kernel::Subgroup | Kernel::Weights => &self.forward,
+            Kernel::SubgroupVec4 => self
+                .vec4
+                .as_ref()
+                .expect("vec4 loads only where the device allows them"),
+            Kernel::Reduce => &self.reduce,
+            Kernel::Gradient => &self.gradient,
+            Kernel::GradientInPlace => &self.gradient_in_place,
+            Kernel::FusedWide | Kernel::FusedNarrow => self
+                .fused
+                .as_ref()
+                .expect("single read out of place only where the device allows it"),
+            Kernel::FusedWideInPlace | Kernel::FusedNarrowInPlace => &self.fused_in_place,
+        }
+    }
+
+    /// The pipeline of `variant`, built on first use.
+    pub(crate) fn get(&self, device: &wgpu::Device, variant: Variant) -> wgpu::ComputePipeline {
+        let variant = variant.normalized();
+        let mut built = self.built.lock().unwrap_or_else(|e| e.into_inner());
+        built
+            .entry(variant)
+            .or_insert_with(|| {
+                compute_pipeline(
+                    device,
+                    variant.kernel.label(),
+                    Cow::Owned(shader_source(variant)),
+                    self.layout(variant.kernel),
+                )
+            })
+            .clone()
+    }
+}
