@@ -83,3 +83,40 @@ fn repeated_runs_are_bit_identical_across_options() {
         );
     }
 }
+
+/// Steady state: once a call has grown the pool, calls of that size or
+/// smaller with the same options create no buffer and no bind group, and
+/// give the same bits as a fresh context.
+#[test]
+fn steady_state_calls_create_nothing() {
+    let Some(engine) = gpu() else { return };
+    let Some(fresh) = gpu() else { return };
+    let context = engine.gpu_context().unwrap();
+    let mut rng = Rng::new(31);
+    for (b, c, gradient) in [(32, 10, false), (300, 1000, false), (64, 130, true)] {
+        let logits = rng.logits(b * c, 4.0);
+        let labels = rng.labels(b, c);
+        let weights: Vec<f32> = (0..b).map(|_| rng.uniform(0.5, 2.0)).collect();
+        let spec = CrossEntropy::new()
+            .with_gradient(gradient)
+            .with_label_smoothing(0.1);
+        let call = |rows: usize| {
+            let batch = Batch::with_labels(&logits[..rows * c], c, &labels[..rows])
+                .sample_weights(&weights[..rows]);
+            context.compute_blocking(&spec, &batch).unwrap()
+        };
+        call(b);
+        let created = context.objects_created();
+        for _ in 0..3 {
+            let out = call(b);
+            let batch = Batch::with_labels(&logits, c, &labels).sample_weights(&weights);
+            let want = fresh.compute_blocking(&spec, &batch).unwrap();
+            assert_eq!(bits(&out), bits(&want), "{b}x{c}");
+        }
+        assert_eq!(context.objects_created(), created, "{b}x{c}: steady state");
+        // A smaller batch binds the same pool buffers: still nothing new.
+        let smaller = call(b / 2);
+        assert_eq!(smaller.per_example.len(), b / 2);
+        assert_eq!(context.objects_created(), created, "{b}x{c}: smaller batch");
+    }
+}

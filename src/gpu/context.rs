@@ -2,6 +2,7 @@
 //! calls; one submission and one readback per call.
 
 use std::num::NonZeroU64;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 
 use futures_intrusive::sync::Mutex as AsyncMutex;
@@ -69,6 +70,59 @@ struct Buffers {
     gradient: Vec<Option<wgpu::Buffer>>,
     uniforms: Option<wgpu::Buffer>,
     staging: Option<wgpu::Buffer>,
+    bind_groups: BindGroupCache,
+}
+
+impl Buffers {
+    /// Every buffer of the pool.
+    fn pool(&self) -> Vec<wgpu::Buffer> {
+        let singles = [
+            &self.labels,
+            &self.class_weights,
+            &self.sample_weights,
+            &self.per_example,
+            &self.partials,
+            &self.row_stats,
+            &self.uniforms,
+        ];
+        let chunked = [&self.logits, &self.targets, &self.gradient];
+        singles
+            .into_iter()
+            .flatten()
+            .chain(chunked.into_iter().flatten().flatten())
+            .cloned()
+            .collect()
+    }
+}
+
+/// What a bind group binds: its kernel (and so its layout) and each
+/// binding's buffer range.
+#[derive(Clone, PartialEq, Eq, Hash)]
+struct BindGroupKey {
+    kernel: Kernel,
+    entries: Vec<(u32, wgpu::Buffer, u64, Option<NonZeroU64>)>,
+}
+
+/// The bind groups of earlier host-slice calls: a call that binds the same
+/// pool buffers at the same sizes reuses them instead of creating new ones.
+#[derive(Default)]
+struct BindGroupCache {
+    groups: std::collections::HashMap<BindGroupKey, wgpu::BindGroup>,
+}
+
+impl BindGroupCache {
+    /// Groups kept at most; past that the cache starts over.
+    const CAPACITY: usize = 64;
+
+    /// Forgets groups that bind buffers the pool has let go (grown or
+    /// replaced), so that the cache never keeps them alive.
+    fn retain_pool(&mut self, pool: &[wgpu::Buffer], placeholders: [&wgpu::Buffer; 2]) {
+        self.groups.retain(|key, _| {
+            key.entries
+                .iter()
+                .all(|(_, buffer, _, _)| placeholders.contains(&buffer) || pool.contains(buffer))
+        });
+    }
 }
 
 /// Where each result sits in the staging buffer of one call.
@@ -81,9 +135,11 @@ struct Readback {
     timestamp_offset: Option<u64>,
 }
 
+/// The pool buffer in `slot`, replaced by a new one of at least `size`
+/// bytes when it is smaller (counted in [`GpuContext::objects_created`]).
 fn ensure(
     slot: &mut Option<wgpu::Buffer>,
-    device: &wgpu::Device,
+    context: &GpuContext,
     label: &'static str,
     size: u64,
     usage: wgpu::BufferUsages,
@@ -92,7 +148,8 @@ fn ensure(
     match slot {
         Some(buffer) if buffer.size() >= size => buffer.clone(),
         _ => {
-            let buffer = device.create_buffer(&wgpu::BufferDescriptor {
+            context.objects_created.fetch_add(1, Ordering::Relaxed);
+            let buffer = context.device.create_buffer(&wgpu::BufferDescriptor {
                 label: Some(label),
                 size,
                 usage,
@@ -145,6 +202,7 @@ pub struct GpuContext {
     buffers: AsyncMutex<Buffers>,
     uncaptured: Arc<Mutex<Option<String>>>,
     timer: Option<Timer>,
+    objects_created: AtomicU64,
 }
 
 impl std::fmt::Debug for GpuContext {
@@ -287,6 +345,7 @@ impl GpuContext {
             buffers: AsyncMutex::new(Buffers::default(), false),
             uncaptured,
             timer,
+            objects_created: AtomicU64::new(0),
         })
     }
 
@@ -399,6 +458,13 @@ impl GpuContext {
             .into_iter()
             .map(one)
             .sum::<u64>()
+    }
+
+    /// How many pool buffers and bind groups the context has created. Calls
+    /// that fit the pool and repeat an earlier call's bindings (same batch
+    /// layout and options) create none: the count stays put in steady state.
+    pub fn objects_created(&self) -> u64 {
+        self.objects_created.load(Ordering::Relaxed)
     }
 
     /// The most logits bytes bound at once; larger inputs are chunked.
@@ -677,7 +743,7 @@ impl GpuContext {
             let bytes: &[u8] = bytemuck::cast_slice(w);
             let buffer = ensure(
                 &mut buffers.class_weights,
-                &self.device,
+                self,
                 "class_weights",
                 bytes.len() as u64,
                 STORAGE_IN,
@@ -690,6 +756,7 @@ impl GpuContext {
             buffer: slice.buffer.clone(),
             offset: slice.offset + (chunk.first_row * c * dtype.size()) as u64,
             size: dtype.buffer_bytes(chunk.rows * c),
+            bind_whole: false,
         };
         let bindings = Bindings {
             uniforms,
@@ -727,7 +794,7 @@ impl GpuContext {
             usage: wgpu::BufferUsages::MAP_READ | wgpu::BufferUsages::COPY_DST,
             mapped_at_creation: false,
         });
-        let mut encoder = self.record(&call, &bindings, in_place);
+        let mut encoder = self.record(&call, &bindings, in_place, None);
         encoder.copy_buffer_to_buffer(
             &bindings.partials.buffer,
             call.final_partial as u64 * partial_size,
@@ -859,7 +926,7 @@ impl GpuContext {
         }
         let uniforms = ensure(
             &mut buffers.uniforms,
-            &self.device,
+            self,
             "uniforms",
             bytes.len() as u64,
             wgpu::BufferUsages::UNIFORM | wgpu::BufferUsages::COPY_DST,
@@ -877,7 +944,7 @@ impl GpuContext {
             Range::whole(
                 ensure(
                     &mut buffers.row_stats,
-                    &self.device,
+                    self,
                     "row_stats",
                     row_stats_bytes,
                     read_back,
@@ -890,7 +957,7 @@ impl GpuContext {
         let partials = Range::whole(
             ensure(
                 &mut buffers.partials,
-                &self.device,
+                self,
                 "partials",
                 partial_bytes,
                 read_back,
@@ -908,7 +975,6 @@ impl GpuContext {
         batch: &Batch<'_, T>,
         in_place: bool,
     ) -> Readback {
-        let device = &self.device;
         let queue = &self.queue;
         let classes = batch.classes;
         let batch_bytes = batch.batch as u64 * 4;
@@ -917,7 +983,7 @@ impl GpuContext {
         let uniforms = self.write_uniforms(buffers, call);
 
         let upload = |slot: &mut Option<wgpu::Buffer>, label, data: &[u8], usage| {
-            let buffer = ensure(slot, device, label, data.len() as u64, usage);
+            let buffer = ensure(slot, self, label, data.len() as u64, usage);
             queue.write_buffer(&buffer, 0, data);
             Range::whole(buffer, data.len() as u64)
         };
@@ -949,7 +1015,7 @@ impl GpuContext {
         let per_example = Range::whole(
             ensure(
                 &mut buffers.per_example,
-                device,
+                self,
                 "per_example",
                 batch_bytes,
                 read_back,
@@ -983,7 +1049,7 @@ impl GpuContext {
             let logits_bytes = T::to_bytes(&batch.logits[range.clone()]);
             let logits = ensure(
                 &mut buffers.logits[i],
-                device,
+                self,
                 "logits",
                 logits_bytes.len() as u64,
                 logits_usage,
@@ -992,13 +1058,8 @@ impl GpuContext {
             let targets = match batch.targets {
                 Targets::Dense(t) => {
                     let bytes = cells as u64 * 4;
-                    let buffer = ensure(
-                        &mut buffers.targets[i],
-                        device,
-                        "targets",
-                        bytes,
-                        STORAGE_IN,
-                    );
+                    let buffer =
+                        ensure(&mut buffers.targets[i], self, "targets", bytes, STORAGE_IN);
                     queue.write_buffer(&buffer, 0, bytemuck::cast_slice(&t[range]));
                     Some(Range::whole(buffer, bytes))
                 }
@@ -1007,13 +1068,7 @@ impl GpuContext {
             let gradient = (gradient && !in_place).then(|| {
                 let bytes = gradient_dtype.buffer_bytes(cells);
                 Range::whole(
-                    ensure(
-                        &mut buffers.gradient[i],
-                        device,
-                        "gradient",
-                        bytes,
-                        read_back,
-                    ),
+                    ensure(&mut buffers.gradient[i], self, "gradient", bytes, read_back),
                     bytes,
                 )
             });
@@ -1056,13 +1111,17 @@ impl GpuContext {
         });
         let staging = ensure(
             &mut buffers.staging,
-            device,
+            self,
             "staging",
             staging_size,
             wgpu::BufferUsages::MAP_READ | wgpu::BufferUsages::COPY_DST,
         );
 
-        let mut encoder = self.record(call, &bindings, in_place);
+        let pool = buffers.pool();
+        buffers
+            .bind_groups
+            .retain_pool(&pool, [&self.placeholder, &self.placeholder_writable]);
+        let mut encoder = self.record(call, &bindings, in_place, Some(&mut buffers.bind_groups));
         encoder.copy_buffer_to_buffer(&bindings.per_example.buffer, 0, &staging, 0, batch_bytes);
         encoder.copy_buffer_to_buffer(
             &bindings.partials.buffer,
@@ -1108,8 +1167,17 @@ impl GpuContext {
     /// call: with two reads, forward, reduction, gradient; with one, the
     /// weights pre-pass and its reduction (where the reduction has a
     /// denominator), the single-read kernel, then the reduction.
-    fn record(&self, call: &Call<'_>, b: &Bindings, in_place: bool) -> wgpu::CommandEncoder {
+    fn record(
+        &self,
+        call: &Call<'_>,
+        b: &Bindings,
+        in_place: bool,
+        mut cache: Option<&mut BindGroupCache>,
+    ) -> wgpu::CommandEncoder {
         let device = &self.device;
+        let mut bind_group = |kernel: Kernel, entries: &[wgpu::BindGroupEntry<'_>]| {
+            self.bind_group(cache.as_deref_mut(), kernel, entries)
+        };
         let stride = self.uniform_stride;
         let slot = |index: usize| (index as u64 * stride) as u32;
         let whole_or = |r: &Option<Range>, placeholder: &wgpu::Buffer| match r {
@@ -1172,20 +1240,12 @@ impl GpuContext {
             if vec4 {
                 forward_entries.push(chunk.logits.entry(9));
             }
-            forward_groups.push(device.create_bind_group(&wgpu::BindGroupDescriptor {
-                label: Some("cross_entropy"),
-                layout: self.pipelines.layout(forward_kernel),
-                entries: &forward_entries,
-            }));
+            forward_groups.push(bind_group(forward_kernel, &forward_entries));
             if call.single_read {
                 if let Some(gradient) = &chunk.gradient {
                     entries.push(gradient.entry(9));
                 }
-                gradient_groups.push(device.create_bind_group(&wgpu::BindGroupDescriptor {
-                    label: Some("cross_entropy_fused"),
-                    layout: self.pipelines.layout(fused_kernel),
-                    entries: &entries,
-                }));
+                gradient_groups.push(bind_group(fused_kernel, &entries));
             } else if call.spec.gradient {
                 let mut entries = vec![uniform.clone()];
                 entries.extend(shared.iter().cloned());
@@ -1193,17 +1253,12 @@ impl GpuContext {
                 if let Some(gradient) = &chunk.gradient {
                     entries.push(gradient.entry(8));
                 }
-                gradient_groups.push(device.create_bind_group(&wgpu::BindGroupDescriptor {
-                    label: Some("cross_entropy_grad"),
-                    layout: self.pipelines.layout(gradient_kernel),
-                    entries: &entries,
-                }));
+                gradient_groups.push(bind_group(gradient_kernel, &entries));
             }
         }
-        let reduce_group = device.create_bind_group(&wgpu::BindGroupDescriptor {
-            label: Some("reduce_partials"),
-            layout: self.pipelines.layout(Kernel::Reduce),
-            entries: &[
+        let reduce_group = bind_group(
+            Kernel::Reduce,
+            &[
                 entry(
                     0,
                     binding(
@@ -1214,7 +1269,7 @@ impl GpuContext {
                 ),
                 b.partials.entry(1),
             ],
-        });
+        );
         let pipeline = |kernel: Kernel| self.pipelines.get(device, variant(kernel));
         let reduce_pipeline = pipeline(Kernel::Reduce);
         let reduce_dispatch = |pass: &mut wgpu::ComputePass<'_>,
@@ -1283,6 +1338,45 @@ impl GpuContext {
             }
         }
         encoder
+    }
+}
+
+impl GpuContext {
+    /// A bind group of `kernel`'s layout over `entries`: from `cache` when
+    /// an earlier call made the same one, else new (and kept there).
+    fn bind_group(
+        &self,
+        cache: Option<&mut BindGroupCache>,
+        kernel: Kernel,
+        entries: &[wgpu::BindGroupEntry<'_>],
+    ) -> wgpu::BindGroup {
+        let create = || {
+            self.objects_created.fetch_add(1, Ordering::Relaxed);
+            self.device.create_bind_group(&wgpu::BindGroupDescriptor {
+                label: Some(kernel.label()),
+                layout: self.pipelines.layout(kernel),
+                entries,
+            })
+        };
+        let Some(cache) = cache else {
+            return create();
+        };
+        let key = BindGroupKey {
+            kernel,
+            entries: entries
+                .iter()
+                .map(|e| match &e.resource {
+                    wgpu::BindingResource::Buffer(b) => {
+                        (e.binding, b.buffer.clone(), b.offset, b.size)
+                    }
+                    _ => unreachable!("the kernels bind buffers only"),
+                })
+                .collect(),
+        };
+        if cache.groups.len() >= BindGroupCache::CAPACITY && !cache.groups.contains_key(&key) {
+            cache.groups.clear();
+        }
+        cache.groups.entry(key).or_insert_with(create).clone()
     }
 }
 
@@ -1361,6 +1455,7 @@ impl<'a> DeviceSlice<'a> {
             buffer: self.buffer.clone(),
             offset: self.offset,
             size: size.max(4),
+            bind_whole: false,
         }
     }
 }
@@ -1558,20 +1653,32 @@ impl Call<'_> {
 struct Range {
     buffer: wgpu::Buffer,
     offset: u64,
+    /// The bytes in use (copied out where results are read back).
     size: u64,
+    /// Bind the whole buffer rather than `size` bytes: pool buffers, whose
+    /// bind groups then serve every call that fits them (the kernels never
+    /// read past the rows their uniform names).
+    bind_whole: bool,
 }
 
 impl Range {
+    /// `size` bytes at the start of a pool buffer, bound whole.
     fn whole(buffer: wgpu::Buffer, size: u64) -> Range {
         Range {
             buffer,
             offset: 0,
             size,
+            bind_whole: true,
         }
     }
 
     fn entry(&self, binding_index: u32) -> wgpu::BindGroupEntry<'_> {
-        entry(binding_index, binding(&self.buffer, self.offset, self.size))
+        let size = if self.bind_whole {
+            self.buffer.size() - self.offset
+        } else {
+            self.size
+        };
+        entry(binding_index, binding(&self.buffer, self.offset, size))
     }
 }
 
