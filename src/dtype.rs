@@ -19,10 +19,9 @@ use std::fmt;
 
 use half::{bf16, f16};
 
-use crate::cpu::{fast, reference};
 use crate::engine::Engine;
 use crate::error::Result;
-use crate::output::{Backend, LossOutput};
+use crate::output::LossOutput;
 use crate::spec::{Batch, CrossEntropy};
 
 /// The element type of logits.
@@ -210,10 +209,8 @@ impl HalfElement for f16 {}
 impl HalfElement for bf16 {}
 
 impl Engine {
-    /// [`Engine::compute`] for half-precision logits: on the GPU they are
-    /// read as stored (see the [module docs](crate::dtype)); on the CPU they
-    /// are widened exactly to f32 for the fast path, or to f64 for the
-    /// reference.
+    /// [`Engine::compute`] for half-precision logits (the same call; kept
+    /// for callers that name the half path).
     ///
     /// ```
     /// use fused_loss::{Batch, CrossEntropy, Engine};
@@ -230,30 +227,7 @@ impl Engine {
         spec: &CrossEntropy,
         batch: &Batch<'_, T>,
     ) -> Result<LossOutput> {
-        match (self.gpu_context(), self.backend()) {
-            (Some(context), _) => context.compute(spec, batch).await,
-            (None, Backend::Cpu) => {
-                // Widening is exact, so the fast path sees the same values.
-                let widened = T::to_f32_slice(batch.logits);
-                let mut out = fast::cross_entropy(
-                    spec,
-                    &Batch {
-                        logits: &widened,
-                        batch: batch.batch,
-                        classes: batch.classes,
-                        targets: batch.targets,
-                        sample_weights: batch.sample_weights,
-                    },
-                )?;
-                if spec.gradient_dtype == GradientDtype::Input {
-                    for g in out.gradient.iter_mut().flatten() {
-                        *g = T::DTYPE.round(*g as f64);
-                    }
-                }
-                Ok(out)
-            }
-            (None, _) => reference::compute(spec, batch),
-        }
+        self.compute(spec, batch).await
     }
 
     /// Blocking [`Engine::compute_half`].

@@ -1,10 +1,12 @@
 //! One API over the GPU and the CPU.
 
 use crate::cpu::{fast, reference};
+use crate::dtype::{GradientDtype, LogitDtype, LogitElement};
 use crate::error::{Error, Result};
 use crate::gpu::{GpuContext, GpuOptions};
 use crate::output::{Backend, LossOutput};
 use crate::spec::{Batch, CrossEntropy};
+use std::time::{Duration, Instant};
 
 /// Set to `1` to forbid [`Engine::auto`] from falling back to the CPU.
 pub const REQUIRE_GPU_ENV: &str = "FUSED_LOSS_REQUIRE_GPU";
@@ -55,11 +57,15 @@ impl std::fmt::Debug for Engine {
 
 impl Engine {
     /// The GPU when an adapter can be opened, else the fast CPU path; read
-    /// [`Engine::fallback_reason`] to learn why. Fails only when
-    /// `FUSED_LOSS_REQUIRE_GPU=1` is set and no adapter works.
+    /// [`Engine::fallback_reason`] to learn why. When the adapter is a
+    /// CPU-type software one (lavapipe, SwiftShader, WARP), both are timed on
+    /// a calibration batch of [`CALIBRATION_SHAPE`] and the faster one is
+    /// kept. Fails only when `FUSED_LOSS_REQUIRE_GPU=1` is set and no
+    /// adapter works; with it set, the adapter is kept untimed.
     pub async fn auto() -> Result<Engine> {
         match Engine::gpu().await {
-            Ok(engine) => Ok(engine),
+            Ok(engine) if gpu_required() => Ok(engine),
+            Ok(engine) => Ok(engine.or_faster_cpu().await),
             Err(Error::NoAdapter(reason)) if gpu_required() => Err(Error::NoAdapter(format!(
                 "{reason} ({REQUIRE_GPU_ENV}=1 forbids the CPU fallback)"
             ))),
@@ -68,6 +74,33 @@ impl Engine {
                 inner: Inner::Cpu,
                 fallback_reason: Some(e.to_string()),
             }),
+        }
+    }
+
+    /// This engine, or the fast CPU path where this is a CPU-type adapter
+    /// that the calibration batch finds slower.
+    async fn or_faster_cpu(self) -> Engine {
+        let Some(context) = self.gpu_context() else {
+            return self;
+        };
+        if context.device().adapter_info().device_type != wgpu::DeviceType::Cpu {
+            return self;
+        }
+        match calibrate(context).await {
+            Ok((adapter_time, cpu_time)) if cpu_time < adapter_time => {
+                let (b, c) = CALIBRATION_SHAPE;
+                Engine {
+                    inner: Inner::Cpu,
+                    fallback_reason: Some(format!(
+                        "the adapter, {}, is a CPU-type software adapter: on a {b}x{c} \
+                         calibration batch it took {:.3} ms, the fast CPU path {:.3} ms",
+                        context.adapter(),
+                        adapter_time.as_secs_f64() * 1e3,
+                        cpu_time.as_secs_f64() * 1e3,
+                    )),
+                }
+            }
+            _ => self,
         }
     }
 
@@ -152,19 +185,81 @@ impl Engine {
         }
     }
 
-    /// Per-example losses, the chosen reduction, `average_loss` and stats.
-    pub async fn compute(&self, spec: &CrossEntropy, batch: &Batch<'_>) -> Result<LossOutput> {
+    /// Per-example losses, the chosen reduction, `average_loss` and stats,
+    /// for f32, f16 or bf16 logits. Half logits are read as stored on the
+    /// GPU, widened exactly to f32 for the fast CPU path (an
+    /// [`GradientDtype::Input`] gradient is rounded to their type from its
+    /// f32 value) and to f64 for the reference.
+    pub async fn compute<T: LogitElement>(
+        &self,
+        spec: &CrossEntropy,
+        batch: &Batch<'_, T>,
+    ) -> Result<LossOutput> {
         match &self.inner {
             Inner::Gpu(context) => context.compute(spec, batch).await,
-            Inner::Cpu => fast::cross_entropy(spec, batch),
+            Inner::Cpu => {
+                // Exact widening: the fast path sees the same values (f32
+                // logits are borrowed, not copied).
+                let widened = T::to_f32_slice(batch.logits);
+                let mut out = fast::cross_entropy(
+                    spec,
+                    &Batch {
+                        logits: &widened,
+                        batch: batch.batch,
+                        classes: batch.classes,
+                        targets: batch.targets,
+                        sample_weights: batch.sample_weights,
+                    },
+                )?;
+                if spec.gradient_dtype == GradientDtype::Input && T::DTYPE != LogitDtype::F32 {
+                    for g in out.gradient.iter_mut().flatten() {
+                        *g = T::DTYPE.round(*g as f64);
+                    }
+                }
+                Ok(out)
+            }
             Inner::Reference => reference::compute(spec, batch),
         }
     }
 
     /// Blocking [`Engine::compute`].
-    pub fn compute_blocking(&self, spec: &CrossEntropy, batch: &Batch<'_>) -> Result<LossOutput> {
+    pub fn compute_blocking<T: LogitElement>(
+        &self,
+        spec: &CrossEntropy,
+        batch: &Batch<'_, T>,
+    ) -> Result<LossOutput> {
         pollster::block_on(self.compute(spec, batch))
     }
+}
+
+/// Rows and classes of the batch [`Engine::auto`] times on a CPU-type
+/// adapter against the fast CPU path.
+pub const CALIBRATION_SHAPE: (usize, usize) = (2048, 256);
+
+/// The best of three timed calls (after one untimed) of a synthetic
+/// [`CALIBRATION_SHAPE`] batch on `context` and on the fast CPU path.
+async fn calibrate(context: &GpuContext) -> Result<(Duration, Duration)> {
+    let (b, c) = CALIBRATION_SHAPE;
+    let logits: Vec<f32> = (0..b * c)
+        .map(|i| (i.wrapping_mul(2_654_435_761) % 1000) as f32 / 125.0 - 4.0)
+        .collect();
+    let labels: Vec<i32> = (0..b).map(|n| ((n * 7) % c) as i32).collect();
+    let batch = Batch::with_labels(&logits, c, &labels);
+    let spec = CrossEntropy::new();
+    let mut best = [Duration::MAX; 2];
+    for round in 0..4 {
+        let start = Instant::now();
+        context.compute(&spec, &batch).await?;
+        let adapter_time = start.elapsed();
+        let start = Instant::now();
+        fast::cross_entropy(&spec, &batch)?;
+        let cpu_time = start.elapsed();
+        if round > 0 {
+            best[0] = best[0].min(adapter_time);
+            best[1] = best[1].min(cpu_time);
+        }
+    }
+    Ok((best[0], best[1]))
 }
 
 /// The fast path's adapter text, naming the instruction set it dispatches to.

@@ -69,7 +69,7 @@ mod spec;
 pub mod tensorboard;
 
 pub use dtype::{GradientDtype, HalfElement, LogitDtype, LogitElement};
-pub use engine::{gpu_required, Engine, REQUIRE_GPU_ENV};
+pub use engine::{gpu_required, Engine, CALIBRATION_SHAPE, REQUIRE_GPU_ENV};
 pub use error::{Error, Result};
 pub use gpu::{
     DeviceBatch, DeviceOutputs, DeviceSlice, DeviceTargets, GpuContext, GpuOptions, GradientOutput,

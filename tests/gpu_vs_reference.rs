@@ -319,7 +319,10 @@ fn non_finite_rows_propagate_and_are_counted() {
 fn empty_batch_gives_zero_loss() {
     let Some(engine) = gpu() else { return };
     let out = engine
-        .compute_blocking(&CrossEntropy::new(), &Batch::with_labels(&[], 4, &[]))
+        .compute_blocking(
+            &CrossEntropy::new(),
+            &Batch::<f32>::with_labels(&[], 4, &[]),
+        )
         .unwrap();
     assert!(out.per_example.is_empty());
     assert_eq!(out.loss, 0.0);

@@ -71,4 +71,28 @@ fn missing_adapter() {
         Err(Error::NoAdapter(message)) => assert!(message.contains(REQUIRE_GPU_ENV), "{message}"),
         other => panic!("expected NoAdapter, got {other:?}"),
     }
+
+    // On a CPU-type adapter `auto` times it against the fast CPU path and
+    // keeps the faster, saying why when that is the CPU; a GPU is kept.
+    let Ok(gpu) = Engine::gpu_blocking() else {
+        return;
+    };
+    let context = gpu.gpu_context().unwrap();
+    let software = context.device().adapter_info().device_type == wgpu::DeviceType::Cpu;
+    let engine = with_env(&[(REQUIRE_GPU_ENV, None)], Engine::auto_blocking).unwrap();
+    match engine.backend() {
+        Backend::Cpu => {
+            assert!(software, "a GPU adapter is never timed away");
+            let reason = engine.fallback_reason().unwrap();
+            assert!(reason.contains("calibration batch"), "{reason}");
+            assert!(reason.contains(context.adapter()), "{reason}");
+        }
+        backend => {
+            assert_eq!(backend, Backend::Gpu);
+            assert_eq!(engine.fallback_reason(), None);
+        }
+    }
+    // With FUSED_LOSS_REQUIRE_GPU=1 the adapter is kept untimed.
+    let engine = with_env(&[(REQUIRE_GPU_ENV, Some("1"))], Engine::auto_blocking).unwrap();
+    assert_eq!(engine.backend(), Backend::Gpu);
 }

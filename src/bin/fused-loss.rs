@@ -13,8 +13,8 @@ use std::process::ExitCode;
 use clap::builder::PossibleValue;
 use clap::{Args, Parser, Subcommand, ValueEnum};
 use fused_loss::{
-    Batch, CrossEntropy, Engine, Error, GradientDtype, InputKind, LossOutput, Reduction, Result,
-    Targets,
+    Batch, CrossEntropy, Engine, Error, GradientDtype, InputKind, LogitElement, LossOutput,
+    Reduction, Result, Targets,
 };
 use npyz::{DType, NpyFile, Order, TypeChar, WriterBuilder};
 
@@ -343,6 +343,30 @@ fn open_engine(backend: BackendArg) -> Result<Engine> {
 }
 
 /// When `auto` fell back to the CPU, says why in one `note:` line on stderr.
+/// Checks the batch on the host, then opens the engine and computes.
+fn run_compute<T: LogitElement>(
+    backend: BackendArg,
+    spec: &CrossEntropy,
+    logits: &[T],
+    batch: usize,
+    classes: usize,
+    targets: Targets<'_>,
+    sample_weights: Option<&[f32]>,
+) -> Result<(Engine, LossOutput)> {
+    let batch = Batch {
+        logits,
+        batch,
+        classes,
+        targets,
+        sample_weights,
+    };
+    batch.validate(spec)?;
+    let engine = open_engine(backend)?;
+    note_fallback(&engine);
+    let out = engine.compute_blocking(spec, &batch)?;
+    Ok((engine, out))
+}
+
 fn note_fallback(engine: &Engine) {
     if let Some(reason) = engine.fallback_reason() {
         let _ = writeln!(
@@ -461,34 +485,24 @@ fn compute(args: &ComputeArgs) -> Result<()> {
     let sample_weights = sample_weights.as_deref();
     // Check the host-side rules before opening an adapter.
     let (engine, out) = match &logits.data {
-        Logits::F32(x) => {
-            let batch = Batch {
-                logits: x,
-                batch: batch_size,
-                classes,
-                targets: target_data,
-                sample_weights,
-            };
-            batch.validate(&spec)?;
-            let engine = open_engine(args.backend)?;
-            note_fallback(&engine);
-            let out = engine.compute_blocking(&spec, &batch)?;
-            (engine, out)
-        }
-        Logits::F16(x) => {
-            let batch = Batch {
-                logits: x,
-                batch: batch_size,
-                classes,
-                targets: target_data,
-                sample_weights,
-            };
-            batch.validate(&spec)?;
-            let engine = open_engine(args.backend)?;
-            note_fallback(&engine);
-            let out = engine.compute_half_blocking(&spec, &batch)?;
-            (engine, out)
-        }
+        Logits::F32(x) => run_compute(
+            args.backend,
+            &spec,
+            x,
+            batch_size,
+            classes,
+            target_data,
+            sample_weights,
+        )?,
+        Logits::F16(x) => run_compute(
+            args.backend,
+            &spec,
+            x,
+            batch_size,
+            classes,
+            target_data,
+            sample_weights,
+        )?,
     };
 
     let mut outputs = Vec::new();
