@@ -92,15 +92,20 @@ fn argmax(row: &[f32]) -> usize {
 }
 
 fn main() -> Result<(), fused_loss::Error> {
-    let engine = Engine::auto_blocking()?;
-    match engine.fallback_reason() {
-        Some(reason) => println!("no usable GPU adapter, training on the CPU ({reason})"),
-        None => println!(
-            "training on {} ({})",
-            engine.backend().name(),
-            engine.adapter()
-        ),
-    }
+    // Any adapter, a software one included: this shows the GPU path.
+    let engine = match Engine::gpu_blocking() {
+        Ok(engine) => engine,
+        Err(e) if !fused_loss::gpu_required() => {
+            println!("no usable GPU adapter, training on the CPU ({e})");
+            Engine::cpu()
+        }
+        Err(e) => return Err(e),
+    };
+    println!(
+        "training on {} ({})",
+        engine.backend().name(),
+        engine.adapter()
+    );
 
     let mut rng = Rng(2026);
     let centres: Vec<f32> = (0..CLASSES * FEATURES)

@@ -371,7 +371,7 @@ fn note_fallback(engine: &Engine) {
     if let Some(reason) = engine.fallback_reason() {
         let _ = writeln!(
             io::stderr(),
-            "note: no usable gpu adapter, computing on the cpu ({})",
+            "note: computing on the cpu: {}",
             one_line(reason)
         );
     }
