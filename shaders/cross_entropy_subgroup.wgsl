@@ -9,8 +9,10 @@
 // logits_vec4_binding.wgsl (f32 logits only) or logits_vec4_scalar.wgsl
 // (`load4`). Host side: src/gpu/cross_entropy.rs.
 
-// Keep in sync with gpu::cross_entropy::SUBGROUP_WORKGROUP_SIZE.
-const WG: u32 = 128u;
+// The workgroup size: a pipeline-overridable constant, set from
+// GpuOptions::subgroup_workgroup_size; the default is
+// gpu::cross_entropy::SUBGROUP_WORKGROUP_SIZE.
+override WG: u32 = 128u;
 
 @group(0) @binding(1) var<storage, read> logits: array<LogitWord>; // this chunk
 

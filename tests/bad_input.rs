@@ -234,3 +234,24 @@ fn row_too_large_for_the_device() {
         other => panic!("expected RowTooLarge, got {other:?}"),
     }
 }
+
+/// A subgroup workgroup size the kernel cannot take is refused when the
+/// context is built, with the limits in the message.
+#[test]
+fn bad_subgroup_workgroup_size() {
+    let Some(engine) = gpu() else { return };
+    if !engine.gpu_context().unwrap().has_subgroups() {
+        return;
+    }
+    for size in [0, 16, 48, 2048] {
+        match GpuContext::new_blocking(GpuOptions {
+            subgroup_workgroup_size: Some(size),
+            ..Default::default()
+        }) {
+            Err(Error::InvalidArgument(message)) => {
+                assert!(message.contains("power of two"), "{message}")
+            }
+            other => panic!("size {size}: expected InvalidArgument, got {other:?}"),
+        }
+    }
+}

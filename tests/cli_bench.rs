@@ -113,7 +113,7 @@ fn gpu_bench_reports_the_roofline_and_the_round_trip() {
 }
 
 #[test]
-fn forced_kernels_are_reported() {
+fn forced_kernels_and_grouping_are_taken() {
     for kernel in ["wide", "narrow", "subgroup"] {
         let args = [
             "--batch",
@@ -124,6 +124,8 @@ fn forced_kernels_are_reported() {
             "1",
             "--kernel",
             kernel,
+            "--rows-per-group",
+            "3",
             "--json",
         ];
         let Some(v) = json(&args) else { return };
@@ -163,6 +165,7 @@ fn bad_arguments_exit_2_with_one_error_line() {
         vec!["--batch", "10", "--classes", "10", "--backend", "tpu"],
         vec!["--batch", "4000000000", "--classes", "10"],
         vec!["--batch", "100000", "--classes", "100000"],
+        vec!["--batch", "10", "--classes", "10", "--rows-per-group", "0"],
     ] {
         let (code, stdout, stderr) = bench(&args);
         assert_eq!(code, Some(2), "{args:?}: {stderr}");

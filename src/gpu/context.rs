@@ -23,9 +23,11 @@ pub struct GpuOptions {
     /// device's `max_storage_buffer_binding_size` (rounded down to a
     /// multiple of 256). Lets tests exercise chunking on small inputs.
     pub max_binding_bytes: Option<u64>,
-    /// Rows each workgroup walks, instead of the planner's choice (still
-    /// capped by the loop-trip budget). For tuning, and for tests that need
-    /// more than 65,535 workgroups.
+    /// Rows each workgroup walks, instead of the planner's choice (about
+    /// 4,096 workgroups per chunk on a GPU, four per hardware thread on a
+    /// CPU-type adapter), still capped by the loop-trip budget. For tuning
+    /// (`fused-loss bench --rows-per-group`), and for tests that need more
+    /// than 65,535 workgroups.
     pub rows_per_group: Option<u32>,
     /// Use this kernel for every shape instead of choosing by class count.
     pub kernel: Option<KernelVariant>,
@@ -54,6 +56,11 @@ pub struct GpuOptions {
     /// adapter has `Features::TIMESTAMP_QUERY`; read it with
     /// [`GpuContext::last_kernel_time`].
     pub timestamps: bool,
+    /// The subgroup kernel's workgroup size (its WGSL override constant
+    /// `WG`): a power of two from 32 to 1024 within the device's limits;
+    /// `None` is 128; ignored where the device has no subgroups. For
+    /// tuning (`fused-loss bench --workgroup-size`).
+    pub subgroup_workgroup_size: Option<u32>,
 }
 
 /// Buffers kept between calls; each grows when a call needs more.
@@ -192,7 +199,7 @@ pub struct GpuContext {
     /// read-only and writable in one dispatch.
     placeholder_writable: wgpu::Buffer,
     max_binding_bytes: u64,
-    rows_per_group: Option<u32>,
+    grouping: ce::Grouping,
     kernel: Option<KernelVariant>,
     /// The device's subgroup sizes where it has `Features::SUBGROUP` (and
     /// so the subgroup kernel).
@@ -317,11 +324,18 @@ impl GpuContext {
             * 256;
         let uniform_stride = (limits.min_uniform_buffer_offset_alignment as u64).max(64);
         let native_f16 = device.features().contains(wgpu::Features::SHADER_F16);
-        let subgroups = pipelines.subgroups();
+        let subgroups = match (pipelines.subgroups(), options.subgroup_workgroup_size) {
+            (Some(sizes), Some(size)) => Some(SubgroupSizes {
+                workgroup: checked_workgroup_size(size, &limits)?,
+                ..sizes
+            }),
+            (sizes, _) => sizes,
+        };
+        let device_type = device.adapter_info().device_type;
         let vector_loads = pipelines.has_vec4()
             && options
                 .vector_loads
-                .unwrap_or(device.adapter_info().device_type != wgpu::DeviceType::Cpu);
+                .unwrap_or(device_type != wgpu::DeviceType::Cpu);
         let timer = (options.timestamps
             && device.features().contains(wgpu::Features::TIMESTAMP_QUERY))
         .then(|| Timer::new(&device, &queue));
@@ -337,7 +351,13 @@ impl GpuContext {
             placeholder,
             placeholder_writable,
             max_binding_bytes: max_binding_bytes.max(256),
-            rows_per_group: options.rows_per_group,
+            grouping: match options.rows_per_group {
+                Some(rows) => ce::Grouping::Rows(rows),
+                None if device_type == wgpu::DeviceType::Cpu => {
+                    ce::Grouping::Groups(ce::cpu_target_groups())
+                }
+                None => ce::Grouping::Groups(ce::GPU_TARGET_GROUPS),
+            },
             kernel: options.kernel,
             subgroups,
             vector_loads,
@@ -419,7 +439,11 @@ impl GpuContext {
     /// The device's subgroup sizes (a placeholder where it has none: the
     /// planner only reads them for the subgroup kernel).
     fn subgroup_sizes(&self) -> SubgroupSizes {
-        self.subgroups.unwrap_or(SubgroupSizes { min: 1, max: 1 })
+        self.subgroups.unwrap_or(SubgroupSizes {
+            min: 1,
+            max: 1,
+            workgroup: ce::SUBGROUP_WORKGROUP_SIZE,
+        })
     }
 
     /// Whether calls are timed with timestamp queries ([`GpuOptions::timestamps`]
@@ -619,7 +643,7 @@ impl GpuContext {
             if probabilities || single_read { 2 } else { 1 },
             self.max_binding_bytes,
             element_bytes as u64,
-            self.rows_per_group,
+            self.grouping,
             row_multiple,
         )?;
         let total_groups: u32 = chunks.iter().map(|c| c.groups).sum();
@@ -1192,7 +1216,14 @@ impl GpuContext {
             0,
             binding(&b.uniforms, 0, std::mem::size_of::<ce::Params>() as u64),
         );
+        let workgroup = self.subgroups.map_or(0, |s| s.workgroup);
+        let workgroup = if workgroup == ce::SUBGROUP_WORKGROUP_SIZE {
+            0 // the shader's default: the pipeline built up front
+        } else {
+            workgroup
+        };
         let variant = |kernel: Kernel| Variant {
+            workgroup,
             kernel,
             logits: call.logits,
             gradient: call.gradient,
@@ -1378,6 +1409,29 @@ impl GpuContext {
         }
         cache.groups.entry(key).or_insert_with(create).clone()
     }
+}
+
+/// `size` if the subgroup kernel can run with that many invocations a
+/// workgroup on a device with `limits` (a power of two from 32 to 1024, one
+/// partial of workgroup memory each).
+fn checked_workgroup_size(size: u32, limits: &wgpu::Limits) -> Result<u32> {
+    let memory = size as u64 * std::mem::size_of::<Partial>() as u64;
+    if !size.is_power_of_two()
+        || !(32..=1024).contains(&size)
+        || size > limits.max_compute_invocations_per_workgroup
+        || size > limits.max_compute_workgroup_size_x
+        || memory > limits.max_compute_workgroup_storage_size as u64
+    {
+        return Err(Error::InvalidArgument(format!(
+            "subgroup workgroup size {size}: must be a power of two from 32 to 1024 and \
+             within the device's limits ({} invocations, {} bytes of workgroup memory)",
+            limits
+                .max_compute_invocations_per_workgroup
+                .min(limits.max_compute_workgroup_size_x),
+            limits.max_compute_workgroup_storage_size
+        )));
+    }
+    Ok(size)
 }
 
 fn gcd(a: u64, b: u64) -> u64 {

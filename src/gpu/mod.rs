@@ -103,6 +103,9 @@ pub(crate) struct Variant {
     pub gradient: Storage,
     /// `ROW_CACHE` of the single-read wide kernel, in classes.
     pub row_cache: u32,
+    /// The subgroup kernels' override constant `WG`; 0 keeps the shader's
+    /// default.
+    pub workgroup: u32,
 }
 
 impl Variant {
@@ -113,6 +116,7 @@ impl Variant {
             logits: Storage::F32,
             gradient: Storage::F32,
             row_cache: 0,
+            workgroup: 0,
         }
     }
 
@@ -129,6 +133,9 @@ impl Variant {
         if !matches!(v.kernel, Kernel::FusedWide | Kernel::FusedWideInPlace) {
             v.row_cache = 0;
         }
+        if !matches!(v.kernel, Kernel::Subgroup | Kernel::SubgroupVec4) {
+            v.workgroup = 0;
+        }
         v
     }
 }
@@ -141,6 +148,7 @@ pub(crate) fn shader_source(variant: Variant) -> String {
         logits,
         gradient,
         row_cache,
+        workgroup: _,
     } = variant;
     let mut parts: Vec<Cow<'static, str>> = Vec::new();
     let uses_gradient = kernel.writes_gradient();
@@ -324,6 +332,17 @@ pub(crate) fn compute_pipeline(
     source: std::borrow::Cow<'_, str>,
     layout: &wgpu::BindGroupLayout,
 ) -> wgpu::ComputePipeline {
+    compute_pipeline_with(device, label, source, layout, &[])
+}
+
+/// [`compute_pipeline`] with values for the shader's override constants.
+pub(crate) fn compute_pipeline_with(
+    device: &wgpu::Device,
+    label: &str,
+    source: std::borrow::Cow<'_, str>,
+    layout: &wgpu::BindGroupLayout,
+    constants: &[(&str, f64)],
+) -> wgpu::ComputePipeline {
     let module = device.create_shader_module(wgpu::ShaderModuleDescriptor {
         label: Some(label),
         source: wgpu::ShaderSource::Wgsl(source),
@@ -338,7 +357,10 @@ pub(crate) fn compute_pipeline(
         layout: Some(&pipeline_layout),
         module: &module,
         entry_point: Some("main"),
-        compilation_options: Default::default(),
+        compilation_options: wgpu::PipelineCompilationOptions {
+            constants,
+            ..Default::default()
+        },
         cache: None,
     })
 }
@@ -439,6 +461,7 @@ mod tests {
                         logits,
                         gradient,
                         row_cache: 512,
+                        workgroup: 0,
                     };
                     let name = format!("{variant:?}");
                     validate(&shader_source(variant), kernel, true)
@@ -482,6 +505,7 @@ mod tests {
                     logits: storage,
                     gradient: storage,
                     row_cache: 512,
+                    workgroup: 0,
                 });
                 validate(&source, kernel, false)
                     .unwrap_or_else(|e| panic!("{kernel:?} {storage:?}: {e}"));
@@ -497,7 +521,7 @@ mod tests {
             cross_entropy::NARROW_WORKGROUP_SIZE
         )));
         assert!(cross_entropy::SUBGROUP_SHADER.contains(&format!(
-            "const WG: u32 = {}u;",
+            "override WG: u32 = {}u;",
             cross_entropy::SUBGROUP_WORKGROUP_SIZE
         )));
         for shader in [

@@ -8,7 +8,7 @@ use std::collections::HashMap;
 use std::sync::Mutex;
 
 use super::cross_entropy::{self as ce, SubgroupSizes};
-use super::{compute_pipeline, reduce_partials, shader_source, Kernel, Variant};
+use super::{compute_pipeline_with, reduce_partials, shader_source, Kernel, Variant};
 
 pub(crate) struct Pipelines {
     forward: wgpu::BindGroupLayout,
@@ -38,6 +38,7 @@ impl Pipelines {
                 SubgroupSizes {
                     min: info.subgroup_min_size.max(1),
                     max: info.subgroup_max_size.max(info.subgroup_min_size).max(1),
+                    workgroup: ce::SUBGROUP_WORKGROUP_SIZE,
                 }
             });
         let nine_storage_buffers =
@@ -114,11 +115,17 @@ impl Pipelines {
         built
             .entry(variant)
             .or_insert_with(|| {
-                compute_pipeline(
+                let workgroup = [("WG", variant.workgroup as f64)];
+                compute_pipeline_with(
                     device,
                     variant.kernel.label(),
                     Cow::Owned(shader_source(variant)),
                     self.layout(variant.kernel),
+                    if variant.workgroup == 0 {
+                        &[]
+                    } else {
+                        &workgroup
+                    },
                 )
             })
             .clone()

@@ -25,17 +25,20 @@ pub fn gpu_with(options: GpuOptions) -> Option<Engine> {
 /// every variant is compared with the reference; the subgroup kernel both
 /// with scalar and with vec4 loads.
 pub fn gpu_variants() -> Vec<Engine> {
+    // The subgroup kernel with scalar loads in workgroups of 32 and with
+    // vec4 loads in workgroups of 256 (the default, 128, runs in `gpu()`).
     [
-        (KernelVariant::Wide, None),
-        (KernelVariant::Narrow, None),
-        (KernelVariant::Subgroup, Some(false)),
-        (KernelVariant::Subgroup, Some(true)),
+        (KernelVariant::Wide, None, None),
+        (KernelVariant::Narrow, None, None),
+        (KernelVariant::Subgroup, Some(false), Some(32)),
+        (KernelVariant::Subgroup, Some(true), Some(256)),
     ]
     .into_iter()
-    .filter_map(|(kernel, vector_loads)| {
+    .filter_map(|(kernel, vector_loads, subgroup_workgroup_size)| {
         gpu_with(GpuOptions {
             kernel: Some(kernel),
             vector_loads,
+            subgroup_workgroup_size,
             ..Default::default()
         })
     })

@@ -67,6 +67,14 @@ pub struct BenchArgs {
     /// GPU kernel choice
     #[arg(long, value_enum, default_value_t = BenchKernel::Auto)]
     kernel: BenchKernel,
+    /// Rows each workgroup walks instead of the planner's choice (GPU;
+    /// capped by the loop-trip budget)
+    #[arg(long, value_name = "R", value_parser = clap::value_parser!(u32).range(1..))]
+    rows_per_group: Option<u32>,
+    /// The subgroup kernel's workgroup size (its override constant; a power
+    /// of two from 32 to 1024)
+    #[arg(long, value_name = "N")]
+    workgroup_size: Option<u32>,
     /// Print one JSON object
     #[arg(long)]
     json: bool,
@@ -285,6 +293,8 @@ fn bench_gpu(args: &BenchArgs, spec: &CrossEntropy, batch: &Batch<'_>) -> Result
             BenchKernel::Narrow => Some(KernelVariant::Narrow),
             BenchKernel::Subgroup => Some(KernelVariant::Subgroup),
         },
+        rows_per_group: args.rows_per_group,
+        subgroup_workgroup_size: args.workgroup_size,
         ..Default::default()
     };
     // End to end without timestamp queries (resolving them costs a copy);
