@@ -9,6 +9,9 @@
 use criterion::{criterion_group, criterion_main, BenchmarkId, Criterion, Throughput};
 use fused_loss::{Batch, CrossEntropy, Engine};
 
+mod common;
+use common::synthetic;
+
 const SHAPES: [(usize, usize); 6] = [
     (32, 10),
     (65_536, 10),
@@ -17,23 +20,6 @@ const SHAPES: [(usize, usize); 6] = [
     (512, 32_000),
     (16, 262_144),
 ];
-
-fn synthetic(batch: usize, classes: usize) -> (Vec<f32>, Vec<i32>) {
-    let mut state = 0x2545_f491_4f6c_dd1du64;
-    let mut next = || {
-        state ^= state << 13;
-        state ^= state >> 7;
-        state ^= state << 17;
-        state
-    };
-    let logits = (0..batch * classes)
-        .map(|_| (next() >> 40) as f32 / (1u64 << 24) as f32 * 8.0 - 4.0)
-        .collect();
-    let labels = (0..batch)
-        .map(|_| (next() % classes as u64) as i32)
-        .collect();
-    (logits, labels)
-}
 
 fn bench(c: &mut Criterion) {
     let gpu = match Engine::gpu_blocking() {

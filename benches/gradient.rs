@@ -9,24 +9,10 @@ use criterion::{criterion_group, criterion_main, Criterion, Throughput};
 use fused_loss::{Batch, CrossEntropy, GpuContext, GpuOptions, GradientDtype, LogitElement};
 use half::{bf16, f16};
 
-const SHAPES: [(usize, usize); 3] = [(65_536, 10), (4096, 1000), (1024, 4096)];
+mod common;
+use common::synthetic;
 
-fn synthetic(batch: usize, classes: usize) -> (Vec<f32>, Vec<i32>) {
-    let mut state = 0x2545_f491_4f6c_dd1du64;
-    let mut next = || {
-        state ^= state << 13;
-        state ^= state >> 7;
-        state ^= state << 17;
-        state
-    };
-    let logits = (0..batch * classes)
-        .map(|_| (next() >> 40) as f32 / (1u64 << 24) as f32 * 8.0 - 4.0)
-        .collect();
-    let labels = (0..batch)
-        .map(|_| (next() % classes as u64) as i32)
-        .collect();
-    (logits, labels)
-}
+const SHAPES: [(usize, usize); 3] = [(65_536, 10), (4096, 1000), (1024, 4096)];
 
 fn context(single_read: bool) -> Option<GpuContext> {
     GpuContext::new_blocking(GpuOptions {

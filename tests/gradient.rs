@@ -12,63 +12,11 @@ use common::*;
 use fused_loss::cpu::reference;
 use fused_loss::*;
 
-fn denominator(stats: &LossStats, reduction: Reduction) -> f64 {
-    let d = match reduction {
-        Reduction::None | Reduction::Sum => 1.0,
-        Reduction::Mean => stats.weight_sum,
-        Reduction::SumOverBatchSize => stats.count as f64,
-        Reduction::SumByNonzeroWeights => stats.nonzero_count as f64,
-    };
-    if d == 0.0 {
-        1.0
-    } else {
-        d
-    }
-}
-
 fn assert_gradient_matches(spec: &CrossEntropy, batch: &Batch<'_>, got: &LossOutput, what: &str) {
-    let want = reference::compute(spec, batch).unwrap();
-    let rows = reference::row_losses(spec, batch).unwrap();
     let g = got.gradient.as_ref().expect("gpu gradient");
-    let w = want.gradient.as_ref().expect("reference gradient");
-    assert_eq!(g.len(), w.len());
-    let d = denominator(&want.stats, spec.reduction);
-    let c = batch.classes;
-    for (n, row) in rows.iter().enumerate() {
-        let s = batch.sample_weights.map_or(1.0, |s| s[n] as f64);
-        let lse = if row.lse.is_finite() {
-            row.lse.abs()
-        } else {
-            0.0
-        };
-        let scale = row.coefficient_sum + 2.0 * s * spec.z_loss as f64 * lse;
-        let tol = 1e-5 * scale * (1.0 + lse) / d + 1e-9;
-        for k in 0..c {
-            let (gv, wv) = (g[n * c + k] as f64, w[n * c + k] as f64);
-            if !gv.is_finite() || !wv.is_finite() {
-                assert!(
-                    same_special(gv, wv),
-                    "{what}: [{n},{k}] gpu {gv} vs reference {wv}"
-                );
-                continue;
-            }
-            assert!(
-                (gv - wv).abs() <= tol,
-                "{what}: [{n},{k}] gpu {gv} vs reference {wv} (|Δ| {:e} > {tol:e})",
-                (gv - wv).abs()
-            );
-        }
-    }
+    assert_gradient_close(spec, batch, g, |_, _| 0.0, what);
     if spec.row_lse {
-        let lse = got.row_lse.as_ref().unwrap();
-        for (n, row) in rows.iter().enumerate() {
-            let l = lse[n] as f64;
-            assert!(
-                same_special(l, row.lse) || (l - row.lse).abs() <= 1e-5 * (1.0 + row.lse.abs()),
-                "{what}: lse[{n}] gpu {l} vs reference {}",
-                row.lse
-            );
-        }
+        assert_row_lse_close(spec, batch, got.row_lse.as_ref().unwrap(), what);
     }
 }
 

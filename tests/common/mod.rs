@@ -197,3 +197,85 @@ pub fn npy<T: npyz::AutoSerialize + Copy>(
     write_npy(&path, shape, data);
     path
 }
+
+/// The reduction's denominator D of the gradient (1 where it would be 0).
+pub fn denominator(stats: &fused_loss::LossStats, reduction: fused_loss::Reduction) -> f64 {
+    use fused_loss::Reduction;
+    let d = match reduction {
+        Reduction::None | Reduction::Sum => 1.0,
+        Reduction::Mean => stats.weight_sum,
+        Reduction::SumOverBatchSize => stats.count as f64,
+        Reduction::SumByNonzeroWeights => stats.nonzero_count as f64,
+    };
+    if d == 0.0 {
+        1.0
+    } else {
+        d
+    }
+}
+
+/// Checks a `[B, C]` gradient against the reference's, unrounded (f32
+/// gradient type), element by element:
+/// `|Δ| ≤ 1e-5·(Σ_c|a_c| + 2·s_n·z·|lse_n|)·(1 + |lse_n|)/D + 1e-9 + extra(g, g_ref)`;
+/// non-finite values must match exactly.
+pub fn assert_gradient_close<T: LogitElement>(
+    spec: &CrossEntropy,
+    batch: &Batch<'_, T>,
+    got: &[f32],
+    extra: impl Fn(f64, f64) -> f64,
+    what: &str,
+) {
+    let exact = spec
+        .clone()
+        .with_gradient_dtype(fused_loss::GradientDtype::F32);
+    let want = reference::compute(&exact, batch).unwrap();
+    let rows = reference::row_losses(&exact, batch).unwrap();
+    let w = want.gradient.as_ref().expect("reference gradient");
+    assert_eq!(got.len(), w.len(), "{what}: gradient length");
+    let d = denominator(&want.stats, spec.reduction);
+    let c = batch.classes;
+    for (n, row) in rows.iter().enumerate() {
+        let s = batch.sample_weights.map_or(1.0, |s| s[n] as f64);
+        let lse = if row.lse.is_finite() {
+            row.lse.abs()
+        } else {
+            0.0
+        };
+        let scale = row.coefficient_sum + 2.0 * s * spec.z_loss as f64 * lse;
+        let tol = 1e-5 * scale * (1.0 + lse) / d + 1e-9;
+        for k in 0..c {
+            let (gv, wv) = (got[n * c + k] as f64, w[n * c + k] as f64);
+            if !gv.is_finite() || !wv.is_finite() {
+                assert!(
+                    same_special(gv, wv),
+                    "{what}: [{n},{k}] got {gv} vs reference {wv}"
+                );
+                continue;
+            }
+            let bound = tol + extra(gv, wv);
+            assert!(
+                (gv - wv).abs() <= bound,
+                "{what}: [{n},{k}] got {gv} vs reference {wv} (|Δ| {:e} > {bound:e})",
+                (gv - wv).abs()
+            );
+        }
+    }
+}
+
+/// Checks each row's lse against the reference: `1e-5·(1 + |lse|)`.
+pub fn assert_row_lse_close<T: LogitElement>(
+    spec: &CrossEntropy,
+    batch: &Batch<'_, T>,
+    got: &[f32],
+    what: &str,
+) {
+    let rows = reference::row_losses(spec, batch).unwrap();
+    for (n, row) in rows.iter().enumerate() {
+        let l = got[n] as f64;
+        assert!(
+            same_special(l, row.lse) || (l - row.lse).abs() <= 1e-5 * (1.0 + row.lse.abs()),
+            "{what}: lse[{n}] got {l} vs reference {}",
+            row.lse
+        );
+    }
+}
