@@ -3,11 +3,15 @@
 //! upload, kernel, reduction and readback for the GPU. The reference runs
 //! only at the shapes where it takes well under a second.
 //!
-//! Run: `cargo bench --bench cross_entropy` (one group:
+//! Each GPU kernel variant also runs forced (`gpu-wide`, `gpu-narrow` for
+//! C ≤ 256, `gpu-subgroup` where the adapter has subgroups) next to the
+//! default choice (`gpu`).
+//!
+//! Run: `cargo bench --bench cross_entropy` (one function:
 //! `cargo bench --bench cross_entropy -- cpu-fast`)
 
 use criterion::{criterion_group, criterion_main, BenchmarkId, Criterion, Throughput};
-use fused_loss::{Batch, CrossEntropy, Engine};
+use fused_loss::{Batch, CrossEntropy, Engine, GpuOptions, KernelVariant};
 
 mod common;
 use common::synthetic;
@@ -29,6 +33,22 @@ fn bench(c: &mut Criterion) {
             None
         }
     };
+    let forced: Vec<(&str, Engine)> = [
+        ("gpu-wide", KernelVariant::Wide),
+        ("gpu-narrow", KernelVariant::Narrow),
+        ("gpu-subgroup", KernelVariant::Subgroup),
+    ]
+    .into_iter()
+    .filter_map(|(name, kernel)| {
+        let engine = pollster::block_on(Engine::gpu_with(GpuOptions {
+            kernel: Some(kernel),
+            ..Default::default()
+        }))
+        .ok()?;
+        let runs = kernel != KernelVariant::Subgroup || engine.gpu_context()?.has_subgroups();
+        runs.then_some((name, engine))
+    })
+    .collect();
     let cpu = Engine::cpu();
     let reference = Engine::reference();
     let spec = CrossEntropy::new();
@@ -43,6 +63,16 @@ fn bench(c: &mut Criterion) {
             gpu.compute_blocking(&spec, &input).unwrap();
             group.bench_function(BenchmarkId::new("gpu", gpu.adapter()), |b| {
                 b.iter(|| gpu.compute_blocking(&spec, &input).unwrap())
+            });
+        }
+        for (name, engine) in &forced {
+            let context = engine.gpu_context().unwrap();
+            if context.kernel_for(classes) != context.kernel().unwrap() {
+                continue; // the forced kernel does not take rows this wide
+            }
+            engine.compute_blocking(&spec, &input).unwrap();
+            group.bench_function(*name, |b| {
+                b.iter(|| engine.compute_blocking(&spec, &input).unwrap())
             });
         }
         group.bench_function("cpu-fast", |b| {

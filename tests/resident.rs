@@ -598,3 +598,49 @@ fn resident_half_logits_equal_the_host_path() {
         ));
     }
 }
+
+/// Every forced kernel variant (the subgroup kernel with scalar and vec4
+/// loads included) gives the host path's bits on the resident path, with
+/// the logits 512 bytes into a larger buffer.
+#[test]
+fn resident_variants_equal_the_host_path() {
+    let mut rng = Rng::new(79);
+    for engine in gpu_variants() {
+        let ctx = engine.gpu_context().unwrap();
+        for (b, c) in [(40, 132), (33, 10)] {
+            let logits = rng.logits(b * c, 4.0);
+            let labels = rng.labels(b, c);
+            let spec = CrossEntropy::new().with_label_smoothing(0.05);
+            let host = ctx
+                .compute_blocking(&spec, &Batch::with_labels(&logits, c, &labels))
+                .unwrap();
+            let pad = 512usize;
+            let mut bytes = vec![0u8; pad];
+            bytes.extend_from_slice(bytemuck::cast_slice(&logits));
+            let x = buffer(ctx, &bytes, STORAGE);
+            let y = buffer(ctx, bytemuck::cast_slice(&labels), STORAGE);
+            let losses = empty(ctx, b as u64 * 4, READABLE);
+            let batch = DeviceBatch {
+                logits: DeviceSlice::at(&x, pad as u64),
+                logits_dtype: LogitDtype::F32,
+                batch: b,
+                classes: c,
+                targets: DeviceTargets::Labels(DeviceSlice::new(&y)),
+                sample_weights: None,
+            };
+            let outputs = DeviceOutputs {
+                per_example: DeviceSlice::new(&losses),
+                gradient: None,
+                row_lse: None,
+            };
+            let reduced = ctx
+                .submit_resident_blocking(&spec, &batch, &outputs)
+                .unwrap()
+                .read_blocking()
+                .unwrap();
+            let what = format!("{:?} {b}x{c}", ctx.kernel());
+            assert_eq!(reduced.stats, host.stats, "{what}");
+            assert_eq!(read_f32(ctx, &losses, 0, b), host.per_example, "{what}");
+        }
+    }
+}
