@@ -36,7 +36,7 @@ struct Params {
     softcap: f32,
     final_partial: u32,    // index of the fully reduced partial (gradient)
     reduction: u32,        // gradient scaling: 0 none, 1 sum, 2 mean, 3 sobs, 4 sbnz
-    _pad: u32,
+    segments: u32,         // runs per row in the split kernels (else 1)
 }
 
 fn has(flag: u32) -> bool {

@@ -600,12 +600,18 @@ fn resident_half_logits_equal_the_host_path() {
 }
 
 /// Every forced kernel variant (the subgroup kernel with scalar and vec4
-/// loads included) gives the host path's bits on the resident path, with
+/// loads included, and rows split in three) gives the host path's bits on
+/// the resident path, with
 /// the logits 512 bytes into a larger buffer.
 #[test]
 fn resident_variants_equal_the_host_path() {
     let mut rng = Rng::new(79);
-    for engine in gpu_variants() {
+    let mut engines = gpu_variants();
+    engines.extend(gpu_with(GpuOptions {
+        row_segments: Some(3),
+        ..Default::default()
+    }));
+    for engine in engines {
         let ctx = engine.gpu_context().unwrap();
         for (b, c) in [(40, 132), (33, 10)] {
             let logits = rng.logits(b * c, 4.0);

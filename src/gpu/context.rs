@@ -61,6 +61,14 @@ pub struct GpuOptions {
     /// `None` is 128; ignored where the device has no subgroups. For
     /// tuning (`fused-loss bench --workgroup-size`).
     pub subgroup_workgroup_size: Option<u32>,
+    /// Runs to cut each row into when the batch has too few rows to fill
+    /// the device (`cross_entropy_split_rows.wgsl`, then
+    /// `cross_entropy_split_finish.wgsl`): `None` chooses (about as many
+    /// workgroups as the planner aims at, runs of at least 4,096 classes),
+    /// `Some(1)` never splits, `Some(s)` cuts every row of logits into `s`
+    /// runs (at most C). Rows read once for a gradient and probabilities are
+    /// never split.
+    pub row_segments: Option<u32>,
 }
 
 /// Buffers kept between calls; each grows when a call needs more.
@@ -77,6 +85,7 @@ struct Buffers {
     gradient: Vec<Option<wgpu::Buffer>>,
     uniforms: Option<wgpu::Buffer>,
     staging: Option<wgpu::Buffer>,
+    segments: Option<wgpu::Buffer>,
     bind_groups: BindGroupCache,
 }
 
@@ -91,6 +100,7 @@ impl Buffers {
             &self.partials,
             &self.row_stats,
             &self.uniforms,
+            &self.segments,
         ];
         let chunked = [&self.logits, &self.targets, &self.gradient];
         singles
@@ -200,6 +210,7 @@ pub struct GpuContext {
     placeholder_writable: wgpu::Buffer,
     max_binding_bytes: u64,
     grouping: ce::Grouping,
+    row_segments: Option<u32>,
     kernel: Option<KernelVariant>,
     /// The device's subgroup sizes where it has `Features::SUBGROUP` (and
     /// so the subgroup kernel).
@@ -358,6 +369,7 @@ impl GpuContext {
                 }
                 None => ce::Grouping::Groups(ce::GPU_TARGET_GROUPS),
             },
+            row_segments: options.row_segments,
             kernel: options.kernel,
             subgroups,
             vector_loads,
@@ -416,6 +428,27 @@ impl GpuContext {
             KernelVariant::Wide | KernelVariant::Subgroup => self.row_cache as usize,
             KernelVariant::Narrow => ce::NARROW_CACHE_CLASSES,
         }
+    }
+
+    /// How many runs each row of a `[batch, classes]` call of `spec` with
+    /// labels and f32 logits is cut into (1: rows are not split; see
+    /// [`GpuOptions::row_segments`]).
+    pub fn row_segments_for(
+        &self,
+        spec: &CrossEntropy,
+        batch: usize,
+        classes: usize,
+    ) -> Result<u32> {
+        let shape = Shape {
+            batch,
+            classes,
+            dense: false,
+            sample_weights: false,
+        };
+        let in_place = self.gradient_in_place;
+        Ok(self
+            .plan_call(spec, shape, LogitDtype::F32, in_place, 1)?
+            .segments)
     }
 
     /// Whether the device has subgroups, and so the subgroup kernel.
@@ -635,7 +668,7 @@ impl GpuContext {
         if spec.gradient && !in_place {
             element_bytes = element_bytes.max(gradient.size());
         }
-        let chunks = ce::plan(
+        let mut chunks = ce::plan(
             variant,
             self.subgroup_sizes(),
             batch,
@@ -646,6 +679,29 @@ impl GpuContext {
             self.grouping,
             row_multiple,
         )?;
+        let splittable = !probabilities && !single_read && variant != KernelVariant::Narrow;
+        let segments = match (splittable, self.row_segments) {
+            (false, _) => 1,
+            (true, Some(s)) => s.clamp(1, classes.clamp(1, ce::MAX_SEGMENTS) as u32),
+            (true, None) => {
+                let target = match self.grouping {
+                    ce::Grouping::Groups(groups) => groups,
+                    ce::Grouping::Rows(_) => 1,
+                };
+                let rows = chunks.iter().map(|c| c.rows).max().unwrap_or(1);
+                ce::auto_segments(rows, classes, target)
+            }
+        };
+        if segments > 1 {
+            // The finishing pass: an invocation per row, like the narrow kernel.
+            let mut group_base = 0;
+            for chunk in &mut chunks {
+                chunk.rows_per_group = ce::NARROW_WORKGROUP_SIZE;
+                chunk.groups = chunk.rows.div_ceil(ce::NARROW_WORKGROUP_SIZE as usize) as u32;
+                chunk.group_base = group_base;
+                group_base += chunk.groups;
+            }
+        }
         let total_groups: u32 = chunks.iter().map(|c| c.groups).sum();
         let (reduce_passes, final_partial) = reduce_partials::plan(total_groups);
         let weights_partial =
@@ -661,6 +717,7 @@ impl GpuContext {
             gradient,
             single_read,
             weights_partial,
+            segments,
         })
     }
 
@@ -775,7 +832,7 @@ impl GpuContext {
             self.queue.write_buffer(&buffer, 0, bytes);
             Range::whole(buffer, bytes.len() as u64)
         });
-        let (row_stats, partials) = self.internal_buffers(&mut buffers, &call);
+        let (row_stats, partials, segments) = self.internal_buffers(&mut buffers, &call);
         let chunk_range = |slice: &DeviceSlice<'_>, dtype: LogitDtype, chunk: &Chunk| Range {
             buffer: slice.buffer.clone(),
             offset: slice.offset + (chunk.first_row * c * dtype.size()) as u64,
@@ -793,6 +850,7 @@ impl GpuContext {
             per_example: outputs.per_example.range(b as u64 * 4),
             row_stats,
             partials,
+            segments,
             chunks: call
                 .chunks
                 .iter()
@@ -911,7 +969,7 @@ impl GpuContext {
             softcap: spec.softcap.unwrap_or(1.0),
             final_partial: scale_partial,
             reduction: ce::reduction_code(spec.reduction),
-            _pad: 0,
+            segments: call.segments,
         };
         let stride = self.uniform_stride as usize;
         let mut bytes = vec![0u8; call.uniform_slots() * stride];
@@ -961,7 +1019,11 @@ impl GpuContext {
 
     /// The internal per-call buffers: row stats (when needed) and partials
     /// (one more for the weights pre-pass's result).
-    fn internal_buffers(&self, buffers: &mut Buffers, call: &Call<'_>) -> (Option<Range>, Range) {
+    fn internal_buffers(
+        &self,
+        buffers: &mut Buffers,
+        call: &Call<'_>,
+    ) -> (Option<Range>, Range, Option<Range>) {
         let read_back = wgpu::BufferUsages::STORAGE | wgpu::BufferUsages::COPY_SRC;
         let row_stats_bytes = call.shape.batch as u64 * 8;
         let row_stats = call.row_stats().then(|| {
@@ -988,7 +1050,21 @@ impl GpuContext {
             ),
             partial_bytes,
         );
-        (row_stats, partials)
+        let segments = (call.segments > 1).then(|| {
+            let rows = call.chunks.iter().map(|c| c.rows).max().unwrap_or(0) as u64;
+            let bytes = rows * call.segments as u64 * ce::SEGMENT_WORDS * 4;
+            Range::whole(
+                ensure(
+                    &mut buffers.segments,
+                    self,
+                    "segments",
+                    bytes,
+                    wgpu::BufferUsages::STORAGE,
+                ),
+                bytes,
+            )
+        });
+        (row_stats, partials, segments)
     }
 
     /// Uploads host slices and records and submits one call.
@@ -1046,7 +1122,7 @@ impl GpuContext {
             ),
             batch_bytes,
         );
-        let (row_stats, partials) = self.internal_buffers(buffers, call);
+        let (row_stats, partials, segments) = self.internal_buffers(buffers, call);
 
         // Chunked inputs and gradient: one buffer per chunk.
         let grow =
@@ -1110,6 +1186,7 @@ impl GpuContext {
             per_example,
             row_stats,
             partials,
+            segments,
             chunks,
         };
 
@@ -1250,6 +1327,7 @@ impl GpuContext {
             Kernel::Gradient
         };
         let mut forward_groups = Vec::with_capacity(b.chunks.len());
+        let mut split_groups = Vec::new();
         let mut gradient_groups = Vec::new();
         for chunk in &b.chunks {
             let targets = whole_or(&chunk.targets, &self.placeholder);
@@ -1267,11 +1345,24 @@ impl GpuContext {
                 b.partials.entry(7),
                 row_stats.entry(8),
             ]);
-            let mut forward_entries = entries.clone();
-            if vec4 {
-                forward_entries.push(chunk.logits.entry(9));
+            if let Some(segments) = &b.segments {
+                // The runs write the segments buffer where the row stats
+                // go; the finishing pass reads it where the dense targets go.
+                let mut runs = entries.clone();
+                runs[8] = segments.entry(8);
+                let mut finish = entries.clone();
+                finish[2] = segments.entry(2);
+                split_groups.push((
+                    bind_group(Kernel::SplitRows, &runs),
+                    bind_group(Kernel::SplitFinish, &finish),
+                ));
+            } else {
+                let mut forward_entries = entries.clone();
+                if vec4 {
+                    forward_entries.push(chunk.logits.entry(9));
+                }
+                forward_groups.push(bind_group(forward_kernel, &forward_entries));
             }
-            forward_groups.push(bind_group(forward_kernel, &forward_entries));
             if call.single_read {
                 if let Some(gradient) = &chunk.gradient {
                     entries.push(gradient.entry(9));
@@ -1341,6 +1432,20 @@ impl GpuContext {
                 pass.set_pipeline(&pipeline(fused_kernel));
                 for (i, (chunk, group)) in call.chunks.iter().zip(&gradient_groups).enumerate() {
                     pass.set_bind_group(0, group, &[slot(call.chunk_slot(i))]);
+                    let (x, y) = ce::dispatch_size(chunk.groups);
+                    pass.dispatch_workgroups(x, y, 1);
+                }
+            } else if !split_groups.is_empty() {
+                let (runs_pipeline, finish_pipeline) =
+                    (pipeline(Kernel::SplitRows), pipeline(Kernel::SplitFinish));
+                let chunk_groups = call.chunks.iter().zip(&split_groups).enumerate();
+                for (i, (chunk, (runs, finish))) in chunk_groups {
+                    pass.set_pipeline(&runs_pipeline);
+                    pass.set_bind_group(0, runs, &[slot(call.chunk_slot(i))]);
+                    let (x, y) = ce::dispatch_size(chunk.rows as u32 * call.segments);
+                    pass.dispatch_workgroups(x, y, 1);
+                    pass.set_pipeline(&finish_pipeline);
+                    pass.set_bind_group(0, finish, &[slot(call.chunk_slot(i))]);
                     let (x, y) = ce::dispatch_size(chunk.groups);
                     pass.dispatch_workgroups(x, y, 1);
                 }
@@ -1658,6 +1763,8 @@ struct Call<'a> {
     /// forward pass's, since the pre-pass reduces in the same partials that
     /// the forward pass then overwrites.
     weights_partial: Option<u32>,
+    /// Runs per row when rows are split (1: not split).
+    segments: u32,
 }
 
 impl Call<'_> {
@@ -1753,6 +1860,8 @@ struct Bindings {
     per_example: Range,
     row_stats: Option<Range>,
     partials: Range,
+    /// The split kernels' per-run sums.
+    segments: Option<Range>,
     chunks: Vec<ChunkBindings>,
 }
 

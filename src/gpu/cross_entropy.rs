@@ -41,6 +41,28 @@ pub(crate) const SUBGROUP_SHADER: &str = include_str!("../../shaders/cross_entro
 pub(crate) const VEC4_BINDING_SHADER: &str = include_str!("../../shaders/logits_vec4_binding.wgsl");
 pub(crate) const VEC4_SCALAR_SHADER: &str = include_str!("../../shaders/logits_vec4_scalar.wgsl");
 
+pub(crate) const SPLIT_ROWS_SHADER: &str =
+    include_str!("../../shaders/cross_entropy_split_rows.wgsl");
+pub(crate) const SPLIT_FINISH_SHADER: &str =
+    include_str!("../../shaders/cross_entropy_split_finish.wgsl");
+/// Words per run in the split kernels' segments buffer; keep in sync with
+/// `SEGMENT_WORDS` in both split shaders.
+pub(crate) const SEGMENT_WORDS: u64 = 5;
+/// The most runs a row is split into (the finishing pass walks them in a
+/// loop, within the trip budget).
+pub(crate) const MAX_SEGMENTS: usize = 1024;
+/// A split row's runs hold at least this many classes.
+pub(crate) const MIN_SEGMENT_CLASSES: usize = 4096;
+
+/// Runs to cut each row of a chunk of `rows` rows of `classes` into, so that
+/// about `target_groups` workgroups have work: 1 (no split) unless the rows
+/// are too few and long enough for two runs of [`MIN_SEGMENT_CLASSES`].
+pub(crate) fn auto_segments(rows: usize, classes: usize, target_groups: usize) -> u32 {
+    let by_rows = target_groups.div_ceil(rows.max(1));
+    let by_classes = classes / MIN_SEGMENT_CLASSES;
+    by_rows.min(by_classes).clamp(1, u32::MAX as usize) as u32
+}
+
 pub(crate) const WEIGHTS_SHADER: &str = include_str!("../../shaders/cross_entropy_weights.wgsl");
 pub(crate) const FUSED_WIDE_SHADER: &str =
     include_str!("../../shaders/cross_entropy_fused_wide.wgsl");
@@ -209,7 +231,8 @@ pub(crate) struct Params {
     pub softcap: f32,
     pub final_partial: u32,
     pub reduction: u32,
-    pub _pad: u32,
+    /// Runs per row in the split kernels; 1 elsewhere.
+    pub segments: u32,
 }
 
 /// A run of rows whose logits fit one storage binding.

@@ -195,6 +195,12 @@ pub(crate) fn shader_source(variant: Variant) -> String {
             ce::VEC4_BINDING_SHADER,
             ce::SUBGROUP_SHADER,
         ],
+        Kernel::SplitRows => &[
+            ce::FORWARD_SHADER,
+            ce::WIDE_TREE_SHADER,
+            ce::SPLIT_ROWS_SHADER,
+        ],
+        Kernel::SplitFinish => &[ce::FORWARD_SHADER, ce::SPLIT_FINISH_SHADER],
         Kernel::Reduce => unreachable!("returned above"),
     };
     if kernel.is_fused() {
@@ -224,11 +230,15 @@ pub(crate) enum Kernel {
     FusedWideInPlace,
     FusedNarrow,
     FusedNarrowInPlace,
+    /// A split row's runs (few long rows).
+    SplitRows,
+    /// Merges a split row's runs and finishes it.
+    SplitFinish,
 }
 
 impl Kernel {
     #[cfg(test)]
-    pub(crate) const ALL: [Kernel; 12] = [
+    pub(crate) const ALL: [Kernel; 14] = [
         Kernel::Wide,
         Kernel::Narrow,
         Kernel::Subgroup,
@@ -241,6 +251,8 @@ impl Kernel {
         Kernel::FusedWideInPlace,
         Kernel::FusedNarrow,
         Kernel::FusedNarrowInPlace,
+        Kernel::SplitRows,
+        Kernel::SplitFinish,
     ];
 
     fn is_fused(self) -> bool {
@@ -282,6 +294,8 @@ impl Kernel {
             Kernel::FusedWideInPlace => "cross_entropy_fused_wide_in_place",
             Kernel::FusedNarrow => "cross_entropy_fused_narrow",
             Kernel::FusedNarrowInPlace => "cross_entropy_fused_narrow_in_place",
+            Kernel::SplitRows => "cross_entropy_split_rows",
+            Kernel::SplitFinish => "cross_entropy_split_finish",
         }
     }
 }

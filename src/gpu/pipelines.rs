@@ -92,7 +92,12 @@ impl Pipelines {
     /// kernels only where [`Pipelines::fused_out_of_place`].
     pub(crate) fn layout(&self, kernel: Kernel) -> &wgpu::BindGroupLayout {
         match kernel {
-            Kernel::Wide | Kernel::Narrow | Kernel::Subgroup | Kernel::Weights => &self.forward,
+            Kernel::Wide
+            | Kernel::Narrow
+            | Kernel::Subgroup
+            | Kernel::Weights
+            | Kernel::SplitRows
+            | Kernel::SplitFinish => &self.forward,
             Kernel::SubgroupVec4 => self
                 .vec4
                 .as_ref()
