@@ -51,6 +51,9 @@ pub const NARROW_MAX_CLASSES: usize = 16;
 /// The least logits one rayon task takes, in bytes.
 const CHUNK_BYTES: usize = 64 * 1024;
 
+/// Labels per rayon task of the range check.
+const LABEL_CHUNK: usize = 16 * 1024;
+
 /// The most f32 lanes an arch may have (AVX-512).
 const MAX_LANES: usize = 16;
 
@@ -115,7 +118,13 @@ pub fn cross_entropy(spec: &CrossEntropy, batch: &Batch<'_>) -> Result<LossOutpu
 pub fn cross_entropy_with(spec: &CrossEntropy, batch: &Batch<'_>, isa: Isa) -> Result<LossOutput> {
     batch.validate(spec)?;
     if let Targets::Labels(labels) = batch.targets {
-        check_labels(labels, batch.classes, spec.ignore_index)?;
+        // A branch-free parallel scan; the reference's scan finds the row.
+        let in_range = labels
+            .par_chunks(LABEL_CHUNK)
+            .all(|chunk| labels_in_range(chunk, batch.classes, spec.ignore_index));
+        if !in_range {
+            check_labels(labels, batch.classes, spec.ignore_index)?;
+        }
     }
     let mut plan = Plan::new(spec, batch);
     let chunk_rows = plan.chunk_rows();
@@ -188,6 +197,18 @@ pub fn cross_entropy_with(spec: &CrossEntropy, batch: &Batch<'_>, isa: Isa) -> R
     out.gradient = spec.gradient.then_some(gradient);
     out.row_lse = spec.row_lse.then_some(row_lse);
     Ok(out)
+}
+
+/// Whether every label is in `0..classes` or the ignore index, without a
+/// branch per label (so it vectorises).
+fn labels_in_range(labels: &[i32], classes: usize, ignore: Option<i32>) -> bool {
+    let classes = u32::try_from(classes).unwrap_or(u32::MAX);
+    let (ignoring, ignore) = (ignore.is_some(), ignore.unwrap_or(0));
+    let bad = labels.iter().fold(false, |bad, &y| {
+        let out = (y < 0) | (y as u32 >= classes);
+        bad | (out & !(ignoring & (y == ignore)))
+    });
+    !bad
 }
 
 /// One call's options, resolved once.

@@ -13,8 +13,11 @@ use super::{ChunkOut, Plan, MAX_LANES};
 pub(super) fn narrow_rows<S: Simd>(simd: S, plan: &Plan<'_>, out: &mut ChunkOut<'_>) {
     macro_rules! widths {
         ($($c:literal)*) => {
-            match plan.classes {
-                $($c => narrow_with::<S, $c>(simd, plan, out),)*
+            match (plan.classes, plan.softcap.is_none() && plan.smoothing == 0.0) {
+                $(
+                    ($c, true) => narrow_with::<S, $c, true>(simd, plan, out),
+                    ($c, false) => narrow_with::<S, $c, false>(simd, plan, out),
+                )*
                 _ => unreachable!("narrow rows have at most 16 classes"),
             }
         };
@@ -22,17 +25,23 @@ pub(super) fn narrow_rows<S: Simd>(simd: S, plan: &Plan<'_>, out: &mut ChunkOut<
     widths!(1 2 3 4 5 6 7 8 9 10 11 12 13 14 15 16);
 }
 
+/// `PLAIN`: no soft cap and no smoothing, known at compile time so that the
+/// class loop has no branches and unrolls.
 #[inline(always)]
-fn narrow_with<S: Simd, const C: usize>(simd: S, plan: &Plan<'_>, out: &mut ChunkOut<'_>) {
+fn narrow_with<S: Simd, const C: usize, const PLAIN: bool>(
+    simd: S,
+    plan: &Plan<'_>,
+    out: &mut ChunkOut<'_>,
+) {
     let lanes = S::F32_LANES;
     let labels = plan.labels.unwrap_or(&[]);
-    let cap = plan.softcap;
-    let eps = plan.smoothing as f32;
+    let cap = if PLAIN { None } else { plan.softcap };
+    let eps = if PLAIN { 0.0 } else { plan.smoothing as f32 };
     let keep = 1.0 - eps;
     let spread = (plan.smoothing / C as f64) as f32;
     let weight_sum = plan.class_weight_sum as f32;
     let z_loss = plan.z_loss as f32;
-    let smoothing = eps > 0.0;
+    let smoothing = !PLAIN && eps > 0.0;
     let class_weights: [f32; C] = std::array::from_fn(|c| plan.class_weight(c));
 
     let splat = |v: f32| simd.splat_f32s(v);
@@ -145,8 +154,8 @@ fn narrow_with<S: Simd, const C: usize>(simd: S, plan: &Plan<'_>, out: &mut Chun
         if let Some(lses) = out.lse.as_deref_mut() {
             vmath::store(simd, &mut lses[i..i + valid], lse);
         }
-        let ok = simd.select_f32s(ok, splat(1.0), zero);
-        if simd.reduce_min_f32s(ok) == 0.0 {
+        if !vmath::all(simd, ok) {
+            let ok = simd.select_f32s(ok, splat(1.0), zero);
             vmath::store(simd, &mut lane_values[..valid], ok);
             for (r, &lane_ok) in lane_values[..valid].iter().enumerate() {
                 if lane_ok == 0.0 && plan.active(first + r) {
@@ -172,6 +181,14 @@ fn transpose<S: Simd, const C: usize>(
     let mut xs = [zero; C];
     #[cfg(target_arch = "x86_64")]
     if let Some(&v3) = (&simd as &dyn std::any::Any).downcast_ref::<pulp::x86::V3>() {
+        // A whole group whose last 4-class block does not run off the batch.
+        let end = first * C + 8 * C + C.next_multiple_of(4) - C;
+        if valid == 8 && end <= logits.len() {
+            let columns = transpose_full::<C>(v3, &logits[first * C..end]);
+            return std::array::from_fn(|c| {
+                bytemuck::pod_read_unaligned(bytemuck::bytes_of(&columns[c]))
+            });
+        }
         // 8 values of row `first + r` from class `from`, running into the
         // next rows (those lanes go unused), cut short at the end of the batch.
         let load = |r: usize, from: usize| {
@@ -197,6 +214,44 @@ fn transpose<S: Simd, const C: usize>(
         *x = vmath::load(simd, &column[..valid]);
     }
     xs
+}
+
+/// Vector c ← class c of the 8 rows of `block` (8·C values, then up to 3
+/// more that the last 4-class block reads and drops), fully unrolled: per
+/// 4 classes, rows r and r + 4 share one register (a 128-bit load and an
+/// insert), and a 4×4 transpose within each 128-bit half gives the columns
+/// in row order.
+#[cfg(target_arch = "x86_64")]
+#[inline(always)]
+fn transpose_full<const C: usize>(simd: pulp::x86::V3, block: &[f32]) -> [pulp::f32x8; C] {
+    use std::arch::x86_64::{__m128, __m256};
+    let avx = simd.avx;
+    let quad = |at: usize| -> __m128 {
+        let values: [f32; 4] = block[at..at + 4].try_into().unwrap();
+        pulp::cast(values)
+    };
+    let mut columns = [pulp::f32x8(0.0, 0.0, 0.0, 0.0, 0.0, 0.0, 0.0, 0.0); C];
+    for from in (0..C).step_by(4) {
+        // y[r] = classes from..from + 4 of row r | of row r + 4.
+        let y: [__m256; 4] = std::array::from_fn(|r| {
+            avx._mm256_set_m128(quad((r + 4) * C + from), quad(r * C + from))
+        });
+        let lo01 = avx._mm256_unpacklo_ps(y[0], y[1]);
+        let lo23 = avx._mm256_unpacklo_ps(y[2], y[3]);
+        columns[from] = pulp::cast(avx._mm256_shuffle_ps::<0x44>(lo01, lo23));
+        if from + 1 < C {
+            columns[from + 1] = pulp::cast(avx._mm256_shuffle_ps::<0xEE>(lo01, lo23));
+        }
+        if from + 2 < C {
+            let hi01 = avx._mm256_unpackhi_ps(y[0], y[1]);
+            let hi23 = avx._mm256_unpackhi_ps(y[2], y[3]);
+            columns[from + 2] = pulp::cast(avx._mm256_shuffle_ps::<0x44>(hi01, hi23));
+            if from + 3 < C {
+                columns[from + 3] = pulp::cast(avx._mm256_shuffle_ps::<0xEE>(hi01, hi23));
+            }
+        }
+    }
+    columns
 }
 
 /// The 8×8 transpose of `rows` with AVX shuffles.

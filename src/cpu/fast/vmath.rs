@@ -117,6 +117,21 @@ pub(super) fn softcap<S: Simd>(simd: S, x: S::f32s, cap: f32) -> S::f32s {
     simd.mul_f32s(tanh(simd, y), simd.splat_f32s(cap))
 }
 
+/// Whether every lane of `mask` is set: one `movmskps` on AVX2.
+#[inline(always)]
+pub(super) fn all<S: Simd>(simd: S, mask: S::m32s) -> bool {
+    // All ones or all zeros per lane (the select folds away on AVX2).
+    let bits = simd.select_u32s(mask, simd.splat_u32s(!0), simd.splat_u32s(0));
+    #[cfg(target_arch = "x86_64")]
+    if let Some(&v3) = (&simd as &dyn std::any::Any).downcast_ref::<pulp::x86::V3>() {
+        let bits: std::arch::x86_64::__m256 =
+            bytemuck::pod_read_unaligned(bytemuck::bytes_of(&bits));
+        return v3.avx._mm256_movemask_ps(bits) == 0xFF;
+    }
+    let lanes: &[u32] = bytemuck::cast_slice(std::slice::from_ref(&bits));
+    lanes.iter().all(|&lane| lane != 0)
+}
+
 /// Loads up to one vector from `values`, zeros past its end; a full vector
 /// is a plain load (pulp's partial loads are out-of-line calls).
 #[inline(always)]
