@@ -65,6 +65,12 @@ run_benches() {
         done
         run --batch "$1" --classes "$2" --grad
     done
+    # Few long rows unsplit (the default splits them), and the subgroup
+    # kernel's workgroup sizes.
+    run --batch 128 --classes 262144 --row-segments 1
+    for wg in 64 128 256 512; do
+        run --batch 16384 --classes 4096 --workgroup-size "$wg"
+    done
 }
 
 for part in $parts; do
