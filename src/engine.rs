@@ -201,16 +201,7 @@ impl Engine {
                 // Exact widening: the fast path sees the same values (f32
                 // logits are borrowed, not copied).
                 let widened = T::to_f32_slice(batch.logits);
-                let mut out = fast::cross_entropy(
-                    spec,
-                    &Batch {
-                        logits: &widened,
-                        batch: batch.batch,
-                        classes: batch.classes,
-                        targets: batch.targets,
-                        sample_weights: batch.sample_weights,
-                    },
-                )?;
+                let mut out = fast::cross_entropy(spec, &batch.with_logits(&widened))?;
                 if spec.gradient_dtype == GradientDtype::Input && T::DTYPE != LogitDtype::F32 {
                     for g in out.gradient.iter_mut().flatten() {
                         *g = T::DTYPE.round(*g as f64);

@@ -289,6 +289,18 @@ impl<'a, T: LogitElement> Batch<'a, T> {
         }
     }
 
+    /// The same rows, targets and weights over other logits of the same
+    /// shape (the exact f32 widening of half logits, for the CPU paths).
+    pub(crate) fn with_logits<'b, U>(&'b self, logits: &'b [U]) -> Batch<'b, U> {
+        Batch {
+            logits,
+            batch: self.batch,
+            classes: self.classes,
+            targets: self.targets,
+            sample_weights: self.sample_weights,
+        }
+    }
+
     /// Adds sample weights.
     pub fn sample_weights(mut self, weights: &'a [f32]) -> Self {
         self.sample_weights = Some(weights);

@@ -95,13 +95,7 @@ pub fn row_losses<T: LogitElement>(
         check_labels(labels, batch.classes, spec.ignore_index)?;
     }
     let logits = T::to_f32_slice(batch.logits);
-    let widened = Batch {
-        logits: &logits,
-        batch: batch.batch,
-        classes: batch.classes,
-        targets: batch.targets,
-        sample_weights: batch.sample_weights,
-    };
+    let widened = batch.with_logits(&logits);
     let mut coefficients = vec![0.0f64; batch.classes];
     Ok((0..batch.batch)
         .map(|n| row_loss(spec, &widened, n, &mut coefficients))
