@@ -96,14 +96,7 @@ impl Diagnostics {
         ignore_index: Option<i32>,
     ) -> Result<()> {
         let losses = &out.per_example;
-        if scores.len() != losses.len() {
-            return Err(Error::ShapeMismatch {
-                what: "scores",
-                expected: losses.len(),
-                actual: scores.len(),
-            });
-        }
-        let labels: Vec<i32> = scores.iter().map(|s| s.label).collect();
+        let labels = labels_of_scores(losses, scores)?;
         self.per_class.add_losses(losses, &labels, ignore_index)?;
         self.stats.update(&out.stats);
         self.range.add_losses(losses, Some(&labels), ignore_index);
@@ -135,14 +128,7 @@ impl Diagnostics {
         ignore_index: Option<i32>,
     ) -> Result<()> {
         let losses = &out.per_example;
-        if scores.len() != losses.len() {
-            return Err(Error::ShapeMismatch {
-                what: "scores",
-                expected: losses.len(),
-                actual: scores.len(),
-            });
-        }
-        let labels: Vec<i32> = scores.iter().map(|s| s.label).collect();
+        let labels = labels_of_scores(losses, scores)?;
         let top = scorer
             .top_k(losses, Some(&labels), ignore_index, self.top.k())
             .await?;
@@ -211,6 +197,18 @@ impl Diagnostics {
     pub fn disagreements(&self) -> u64 {
         self.disagreements
     }
+}
+
+/// The labels of a batch's scores, which must be one per loss.
+fn labels_of_scores(losses: &[f32], scores: &[RowScore]) -> Result<Vec<i32>> {
+    if scores.len() != losses.len() {
+        return Err(Error::ShapeMismatch {
+            what: "scores",
+            expected: losses.len(),
+            actual: scores.len(),
+        });
+    }
+    Ok(scores.iter().map(|s| s.label).collect())
 }
 
 /// Computes the per-example scores, the histogram counts, the top-k losses
