@@ -125,6 +125,9 @@ struct BindGroupKey {
 #[derive(Default)]
 struct BindGroupCache {
     groups: std::collections::HashMap<BindGroupKey, wgpu::BindGroup>,
+    /// The context's count of pool buffers created when the cache last
+    /// dropped groups over buffers the pool had let go.
+    pool_version: u64,
 }
 
 impl BindGroupCache {
@@ -165,7 +168,7 @@ fn ensure(
     match slot {
         Some(buffer) if buffer.size() >= size => buffer.clone(),
         _ => {
-            context.objects_created.fetch_add(1, Ordering::Relaxed);
+            context.buffers_created.fetch_add(1, Ordering::Relaxed);
             let buffer = context.device.create_buffer(&wgpu::BufferDescriptor {
                 label: Some(label),
                 size,
@@ -220,7 +223,8 @@ pub struct GpuContext {
     buffers: AsyncMutex<Buffers>,
     uncaptured: Arc<Mutex<Option<String>>>,
     timer: Option<Timer>,
-    objects_created: AtomicU64,
+    buffers_created: AtomicU64,
+    bind_groups_created: AtomicU64,
 }
 
 impl std::fmt::Debug for GpuContext {
@@ -377,7 +381,8 @@ impl GpuContext {
             buffers: AsyncMutex::new(Buffers::default(), false),
             uncaptured,
             timer,
-            objects_created: AtomicU64::new(0),
+            buffers_created: AtomicU64::new(0),
+            bind_groups_created: AtomicU64::new(0),
         })
     }
 
@@ -521,7 +526,8 @@ impl GpuContext {
     /// that fit the pool and repeat an earlier call's bindings (same batch
     /// layout and options) create none: the count stays put in steady state.
     pub fn objects_created(&self) -> u64 {
-        self.objects_created.load(Ordering::Relaxed)
+        self.buffers_created.load(Ordering::Relaxed)
+            + self.bind_groups_created.load(Ordering::Relaxed)
     }
 
     /// The most logits bytes bound at once; larger inputs are chunked.
@@ -1218,10 +1224,15 @@ impl GpuContext {
             wgpu::BufferUsages::MAP_READ | wgpu::BufferUsages::COPY_DST,
         );
 
-        let pool = buffers.pool();
-        buffers
-            .bind_groups
-            .retain_pool(&pool, [&self.placeholder, &self.placeholder_writable]);
+        // Only a new pool buffer can have left groups over a let-go one.
+        let pool_version = self.buffers_created.load(Ordering::Relaxed);
+        if buffers.bind_groups.pool_version != pool_version {
+            let pool = buffers.pool();
+            buffers
+                .bind_groups
+                .retain_pool(&pool, [&self.placeholder, &self.placeholder_writable]);
+            buffers.bind_groups.pool_version = pool_version;
+        }
         let mut encoder = self.record(call, &bindings, in_place, Some(&mut buffers.bind_groups));
         encoder.copy_buffer_to_buffer(&bindings.per_example.buffer, 0, &staging, 0, batch_bytes);
         encoder.copy_buffer_to_buffer(
@@ -1487,7 +1498,7 @@ impl GpuContext {
         entries: &[wgpu::BindGroupEntry<'_>],
     ) -> wgpu::BindGroup {
         let create = || {
-            self.objects_created.fetch_add(1, Ordering::Relaxed);
+            self.bind_groups_created.fetch_add(1, Ordering::Relaxed);
             self.device.create_bind_group(&wgpu::BindGroupDescriptor {
                 label: Some(kernel.label()),
                 layout: self.pipelines.layout(kernel),
