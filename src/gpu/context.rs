@@ -1305,11 +1305,6 @@ impl GpuContext {
             binding(&b.uniforms, 0, std::mem::size_of::<ce::Params>() as u64),
         );
         let workgroup = self.subgroups.map_or(0, |s| s.workgroup);
-        let workgroup = if workgroup == ce::SUBGROUP_WORKGROUP_SIZE {
-            0 // the shader's default: the pipeline built up front
-        } else {
-            workgroup
-        };
         let variant = |kernel: Kernel| Variant {
             workgroup,
             kernel,

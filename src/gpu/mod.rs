@@ -133,7 +133,10 @@ impl Variant {
         if !matches!(v.kernel, Kernel::FusedWide | Kernel::FusedWideInPlace) {
             v.row_cache = 0;
         }
-        if !matches!(v.kernel, Kernel::Subgroup | Kernel::SubgroupVec4) {
+        // The shader's default WG is the pipeline built up front.
+        if !matches!(v.kernel, Kernel::Subgroup | Kernel::SubgroupVec4)
+            || v.workgroup == ce::SUBGROUP_WORKGROUP_SIZE
+        {
             v.workgroup = 0;
         }
         v
