@@ -181,8 +181,61 @@ fn bf16_logits_match_the_reference() {
     check_dtype(|x| x.iter().map(|&v| bf16::from_f32(v)).collect::<Vec<_>>());
 }
 
+/// Runs f16 and bf16 halves of `d.wide` on `half` and their exact f32
+/// widening on `float`, and asserts the same bits: losses, stats, row lse and,
+/// when `spec` asks for it, the gradient; the halves also against the
+/// reference.
+fn assert_widening_bits(
+    half: &GpuContext,
+    float: &GpuContext,
+    spec: &CrossEntropy,
+    d: &Data,
+    c: usize,
+    what: &str,
+) {
+    let bits = |v: &[f32]| v.iter().map(|x| x.to_bits()).collect::<Vec<_>>();
+    let f16s: Vec<f16> = d.wide.iter().map(|&v| f16::from_f32(v)).collect();
+    let bf16s: Vec<bf16> = d.wide.iter().map(|&v| bf16::from_f32(v)).collect();
+    let widened = [
+        f16s.iter().map(|v| v.to_f32()).collect::<Vec<f32>>(),
+        bf16s.iter().map(|v| v.to_f32()).collect::<Vec<f32>>(),
+    ];
+    let runs = [
+        half.compute_blocking(
+            spec,
+            &Batch::with_labels(&f16s, c, &d.labels).sample_weights(&d.weights),
+        ),
+        half.compute_blocking(
+            spec,
+            &Batch::with_labels(&bf16s, c, &d.labels).sample_weights(&d.weights),
+        ),
+    ];
+    for (i, (x, got)) in widened.iter().zip(runs).enumerate() {
+        let what = format!("{what} run {i}");
+        let got = got.unwrap();
+        let batch = Batch::with_labels(x, c, &d.labels).sample_weights(&d.weights);
+        let want = float.compute_blocking(spec, &batch).unwrap();
+        assert_matches_reference(spec, &batch, &got.per_example);
+        assert_eq!(bits(&got.per_example), bits(&want.per_example), "{what}");
+        assert_eq!(got.stats, want.stats, "{what}");
+        assert_eq!(
+            bits(got.row_lse.as_ref().unwrap()),
+            bits(want.row_lse.as_ref().unwrap()),
+            "{what}"
+        );
+        if spec.gradient {
+            assert_eq!(
+                bits(got.gradient.as_ref().unwrap()),
+                bits(want.gradient.as_ref().unwrap()),
+                "{what}"
+            );
+        }
+    }
+}
+
 /// Half logits are read exactly: the results are those of their f32
-/// widening, to the bit (the f32 gradient too).
+/// widening, to the bit (the f32 gradient too), f16 stored natively or
+/// packed.
 #[test]
 fn half_logits_give_the_bits_of_their_f32_widening() {
     let Some(engine) = gpu() else { return };
@@ -196,66 +249,14 @@ fn half_logits_give_the_bits_of_their_f32_widening() {
     let mut rng = Rng::new(0x4a20);
     for (b, c) in [(33, 7), (12, 500)] {
         let d = data(&mut rng, b, c);
-        let f16s: Vec<f16> = d.wide.iter().map(|&v| f16::from_f32(v)).collect();
-        let bf16s: Vec<bf16> = d.wide.iter().map(|&v| bf16::from_f32(v)).collect();
         let spec = CrossEntropy::new()
             .with_gradient(true)
             .with_row_lse(true)
             .with_label_smoothing(0.1)
             .with_z_loss(1e-3);
-        let bits = |v: &[f32]| v.iter().map(|x| x.to_bits()).collect::<Vec<_>>();
-        let widened_f16: Vec<f32> = f16s.iter().map(|v| v.to_f32()).collect();
-        let widened_bf16: Vec<f32> = bf16s.iter().map(|v| v.to_f32()).collect();
-        let as_f32 = |x: &[f32]| {
-            ctx.compute_blocking(
-                &spec,
-                &Batch::with_labels(x, c, &d.labels).sample_weights(&d.weights),
-            )
-            .unwrap()
-        };
-        let runs = [
-            (
-                as_f32(&widened_f16),
-                ctx.compute_blocking(
-                    &spec,
-                    &Batch::with_labels(&f16s, c, &d.labels).sample_weights(&d.weights),
-                )
-                .unwrap(),
-            ),
-            (
-                as_f32(&widened_f16),
-                packed
-                    .gpu_context()
-                    .unwrap()
-                    .compute_blocking(
-                        &spec,
-                        &Batch::with_labels(&f16s, c, &d.labels).sample_weights(&d.weights),
-                    )
-                    .unwrap(),
-            ),
-            (
-                as_f32(&widened_bf16),
-                ctx.compute_blocking(
-                    &spec,
-                    &Batch::with_labels(&bf16s, c, &d.labels).sample_weights(&d.weights),
-                )
-                .unwrap(),
-            ),
-        ];
-        for (i, (want, got)) in runs.iter().enumerate() {
-            assert_eq!(bits(&got.per_example), bits(&want.per_example), "run {i}");
-            assert_eq!(got.stats, want.stats, "run {i}");
-            assert_eq!(
-                bits(got.gradient.as_ref().unwrap()),
-                bits(want.gradient.as_ref().unwrap()),
-                "run {i}"
-            );
-            assert_eq!(
-                bits(got.row_lse.as_ref().unwrap()),
-                bits(want.row_lse.as_ref().unwrap()),
-                "run {i}"
-            );
-        }
+        assert_widening_bits(ctx, ctx, &spec, &d, c, &format!("{b}x{c}"));
+        let what = format!("{b}x{c} packed");
+        assert_widening_bits(packed.gpu_context().unwrap(), ctx, &spec, &d, c, &what);
     }
 }
 
@@ -287,38 +288,8 @@ fn subgroup_kernel_reads_half_logits_exactly() {
                 .with_row_lse(true)
                 .with_label_smoothing(0.1)
                 .with_z_loss(1e-3);
-            let bits = |v: &[f32]| v.iter().map(|x| x.to_bits()).collect::<Vec<_>>();
-            let f16s: Vec<f16> = d.wide.iter().map(|&v| f16::from_f32(v)).collect();
-            let bf16s: Vec<bf16> = d.wide.iter().map(|&v| bf16::from_f32(v)).collect();
-            let widened = [
-                f16s.iter().map(|v| v.to_f32()).collect::<Vec<f32>>(),
-                bf16s.iter().map(|v| v.to_f32()).collect::<Vec<f32>>(),
-            ];
-            let runs = [
-                ctx.compute_blocking(&spec, &Batch::with_labels(&f16s, c, &d.labels)),
-                ctx.compute_blocking(&spec, &Batch::with_labels(&bf16s, c, &d.labels)),
-            ];
-            for (x, got) in widened.iter().zip(runs) {
-                let got = got.unwrap();
-                let batch = Batch::with_labels(x, c, &d.labels);
-                let want = ctx.compute_blocking(&spec, &batch).unwrap();
-                let what = format!("{b}x{c} packed_f16={packed_f16}");
-                assert_matches_reference(&spec, &batch, &got.per_example);
-                assert_eq!(bits(&got.per_example), bits(&want.per_example), "{what}");
-                assert_eq!(got.stats, want.stats, "{what}");
-                assert_eq!(
-                    bits(got.row_lse.as_ref().unwrap()),
-                    bits(want.row_lse.as_ref().unwrap()),
-                    "{what}"
-                );
-                if gradient {
-                    assert_eq!(
-                        bits(got.gradient.as_ref().unwrap()),
-                        bits(want.gradient.as_ref().unwrap()),
-                        "{what}"
-                    );
-                }
-            }
+            let what = format!("{b}x{c} packed_f16={packed_f16}");
+            assert_widening_bits(ctx, ctx, &spec, &d, c, &what);
         }
     }
 }
