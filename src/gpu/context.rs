@@ -699,14 +699,7 @@ impl GpuContext {
             }
         };
         if segments > 1 {
-            // The finishing pass: an invocation per row, like the narrow kernel.
-            let mut group_base = 0;
-            for chunk in &mut chunks {
-                chunk.rows_per_group = ce::NARROW_WORKGROUP_SIZE;
-                chunk.groups = chunk.rows.div_ceil(ce::NARROW_WORKGROUP_SIZE as usize) as u32;
-                chunk.group_base = group_base;
-                group_base += chunk.groups;
-            }
+            ce::group_for_split_finish(&mut chunks);
         }
         let total_groups: u32 = chunks.iter().map(|c| c.groups).sum();
         let (reduce_passes, final_partial) = reduce_partials::plan(total_groups);

@@ -348,6 +348,19 @@ pub(crate) fn plan(
     Ok(chunks)
 }
 
+/// Regroups planned chunks for the split kernels' finishing pass, which
+/// takes a row per invocation like the narrow kernel (its partials are the
+/// ones the reduction reads).
+pub(crate) fn group_for_split_finish(chunks: &mut [Chunk]) {
+    let mut group_base = 0;
+    for chunk in chunks {
+        chunk.rows_per_group = NARROW_WORKGROUP_SIZE;
+        chunk.groups = chunk.rows.div_ceil(NARROW_WORKGROUP_SIZE as usize) as u32;
+        chunk.group_base = group_base;
+        group_base += chunk.groups;
+    }
+}
+
 /// A 2-D dispatch covering `groups` workgroups.
 pub(crate) fn dispatch_size(groups: u32) -> (u32, u32) {
     let x = groups.clamp(1, MAX_GROUPS_PER_DIMENSION);
