@@ -290,7 +290,10 @@ fn cpu_report(backend: &'static str, adapter: String, time: Vec<Duration>, iters
 }
 
 fn bench_gpu(args: &BenchArgs, spec: &CrossEntropy, batch: &Batch<'_>) -> Result<Report> {
-    let options = GpuOptions {
+    // Kernel times come from the same calls as the end-to-end times, so
+    // that each kernel time lies within its call.
+    let context = GpuContext::new_blocking(GpuOptions {
+        timestamps: true,
         kernel: match args.kernel {
             BenchKernel::Auto => None,
             BenchKernel::Wide => Some(KernelVariant::Wide),
@@ -301,23 +304,13 @@ fn bench_gpu(args: &BenchArgs, spec: &CrossEntropy, batch: &Batch<'_>) -> Result
         subgroup_workgroup_size: args.workgroup_size,
         row_segments: args.row_segments,
         ..Default::default()
-    };
-    // End to end without timestamp queries (resolving them costs a copy);
-    // kernel times from a second context that has them.
-    let context = GpuContext::new_blocking(options.clone())?;
-    let end_to_end = time_calls(args, || context.compute_blocking(spec, batch).map(drop))?;
-    let context = GpuContext::new_blocking(GpuOptions {
-        timestamps: true,
-        ..options
     })?;
     let mut kernel = Vec::new();
-    if context.timestamps() {
-        time_calls(args, || {
-            context.compute_blocking(spec, batch)?;
-            kernel.extend(context.last_kernel_time());
-            Ok(())
-        })?;
-    }
+    let end_to_end = time_calls(args, || {
+        context.compute_blocking(spec, batch)?;
+        kernel.extend(context.last_kernel_time());
+        Ok(())
+    })?;
     // Warm-up calls recorded kernel times too; keep the timed ones.
     let kernel = kernel.split_off(kernel.len().saturating_sub(args.iters as usize));
     let roofline = Roofline::new(&context)?;
