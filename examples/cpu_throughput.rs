@@ -6,7 +6,11 @@
 //! cargo run --release --example cpu_throughput               # every shape, then the bandwidth
 //! cargo run --release --example cpu_throughput -- 20 65536x10 # 20 rounds, one shape
 //! cargo run --release --example cpu_throughput -- 5 bandwidth # only the bandwidth
+//! cargo run --release --example cpu_throughput -- 10 scalar 65536x10 # also a plain scalar loop
 //! ```
+//!
+//! `scalar` adds, per shape, a plain one-thread f32 loop (max, Σ exp, log,
+//! label logit; `f32::exp`) as the baseline a GPU kernel is held to.
 //!
 //! `tools/xla_bench.py` prints the same lines for JAX/XLA; BENCHMARKS.md
 //! alternates the two.
@@ -61,6 +65,18 @@ fn time(rounds: usize, mut f: impl FnMut()) -> f64 {
     median(times)
 }
 
+/// Mean loss by the plainest scalar loop: one thread, f32, two passes a
+/// row (max, then Σ exp), `f32::exp` and `f32::ln`.
+fn scalar_mean_loss(logits: &[f32], classes: usize, labels: &[i32]) -> f32 {
+    let mut total = 0.0f32;
+    for (row, &label) in logits.chunks_exact(classes).zip(labels) {
+        let max = row.iter().fold(f32::NEG_INFINITY, |m, &x| m.max(x));
+        let sum: f32 = row.iter().map(|&x| (x - max).exp()).sum();
+        total += max + sum.ln() - row[label as usize];
+    }
+    total / labels.len() as f32
+}
+
 /// Read bandwidth: a sum over a 1 GiB buffer of u64, split over rayon's
 /// threads, in bytes per second.
 fn bandwidth(rounds: usize) -> f64 {
@@ -89,7 +105,9 @@ fn main() {
     let mut args = std::env::args().skip(1);
     let rounds: usize = args.next().map_or(10, |a| a.parse().expect("rounds"));
     let wanted: Vec<String> = args.collect();
-    let want = |name: &str| wanted.is_empty() || wanted.iter().any(|w| w == name);
+    let scalar = wanted.iter().any(|w| w == "scalar");
+    let named: Vec<&String> = wanted.iter().filter(|w| *w != "scalar").collect();
+    let want = |name: &str| named.is_empty() || named.iter().any(|w| *w == name);
     println!(
         "fast cpu ({}, {} threads), median of {rounds} rounds",
         fast::Isa::Detect.name(),
@@ -112,6 +130,17 @@ fn main() {
             seconds * 1e6,
             bytes / seconds / 1e9
         );
+        if scalar {
+            let seconds = time(rounds, || {
+                black_box(scalar_mean_loss(&logits, c, &labels));
+            });
+            println!(
+                "{:>10}  {:>9.1} us  {:>6.2} GB/s (scalar loop, one thread)",
+                name,
+                seconds * 1e6,
+                bytes / seconds / 1e9
+            );
+        }
     }
     if want("bandwidth") {
         println!(

@@ -35,7 +35,9 @@ fn main(
             prob_total = first_pass.x;
             sums = RowSums(vec2<f32>(0.0), probability_sums(base, prob_total, 0u, 1u), 0.0, u32(first_pass.y));
         } else {
-            pivot = row_pivot(base);
+            if needs_class_sums() {
+                pivot = row_pivot(base);
+            }
             sums = logit_sums(base, pivot, 0u, 1u);
         }
         finish_row(local_row, sums, pivot, prob_total, &partial);

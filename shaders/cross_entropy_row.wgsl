@@ -89,19 +89,14 @@ fn two_prod(a: f32, b: f32) -> vec2<f32> {
     return vec2<f32>(p, fma(a, b, -p));
 }
 
-// Online log-sum-exp state (max, Σ exp(x − max)).
+// Online log-sum-exp state (max, Σ exp(x − max)). One exp either way,
+// e = exp(−|x − max|): a new max gives 1 + s·e, else s + e; no branch, so
+// lanes that disagree do not pay for both sides. −inf adds nothing.
 fn lse_push(state: vec2<f32>, x: f32) -> vec2<f32> {
-    if is_neg_inf(x) {
-        return state;
-    }
-    if x > state.x {
-        var s = 1.0;
-        if state.y > 0.0 {
-            s += state.y * exp(state.x - x);
-        }
-        return vec2<f32>(x, s);
-    }
-    return vec2<f32>(state.x, state.y + exp(x - state.x));
+    let e = exp(-abs(x - state.x));
+    let rises = x > state.x;
+    let pushed = vec2<f32>(max(x, state.x), select(state.y + e, 1.0 + state.y * e, rises));
+    return select(pushed, state, is_neg_inf(x));
 }
 
 fn lse_merge(a: vec2<f32>, b: vec2<f32>) -> vec2<f32> {

@@ -1,9 +1,11 @@
 // Fused per-example cross-entropy with a subgroup per row: the lanes of a
 // subgroup stride over a row's classes (neighbouring lanes read neighbouring
-// floats), subgroup operations combine them, and lane 0 finishes the row.
-// No barrier per row; one per workgroup combines the subgroups' partials in
-// subgroup order. Needs `Features::SUBGROUP`. Subgroup s of a workgroup
-// takes rows first + s, first + s + num_subgroups, ... Prepended with
+// floats) and subgroup operations combine them. The k-th row a subgroup
+// walks is finished by lane k mod (subgroup size), a subgroup's worth of
+// rows at a time, so that every lane does that work. No barrier per row; a
+// shared-memory tree combines the invocations' partials once per
+// workgroup. Needs `Features::SUBGROUP`. Subgroup s of a workgroup takes
+// rows first + s, first + s + num_subgroups, ... Prepended with
 // partial.wgsl, cross_entropy_row.wgsl and cross_entropy_forward.wgsl.
 // Prepended also with a logits_*.wgsl library (`load_logit`) and with
 // logits_vec4_binding.wgsl (f32 logits only) or logits_vec4_scalar.wgsl
@@ -16,8 +18,15 @@ override WG: u32 = 128u;
 
 @group(0) @binding(1) var<storage, read> logits: array<LogitWord>; // this chunk
 
-// One slot per subgroup; subgroups hold at least one invocation.
-var<workgroup> subgroup_partials: array<Partial, WG>;
+var<workgroup> shared_partials: array<Partial, WG>;
+
+// A row's combined sums, held by the lane that will finish it.
+struct HeldRow {
+    row: u32,
+    sums: RowSums,
+    pivot: f32,
+    prob_total: f32,
+}
 
 // A lane's online (max, Σ exp) over classes lo, lo + step, ... when no class
 // sums are needed: four loads a trip and one rescale per four classes.
@@ -73,7 +82,8 @@ fn soft_cap4(r: vec4<f32>) -> vec4<f32> {
 }
 
 // `plain_logit_sums` over vec4s: lane `lo` takes vec4s lo, lo + step, ...,
-// two loads a trip. The row starts at a multiple of 4 (FLAG_VEC4).
+// two loads a trip and one rescale per eight classes. The row starts at a
+// multiple of 4 (FLAG_VEC4).
 fn plain_logit_sums_vec4(base: u32, lo: u32, step: u32) -> RowSums {
     var state = vec2<f32>(bitcast<f32>(0xff800000u), 0.0);
     var bad = 0u;
@@ -84,7 +94,7 @@ fn plain_logit_sums_vec4(base: u32, lo: u32, step: u32) -> RowSums {
         let r0 = load4(first + v);
         let r1 = load4(first + v + step);
         bad |= poison4(r0) | poison4(r1);
-        state = push4(push4(state, soft_cap4(r0)), soft_cap4(r1));
+        state = push8(state, soft_cap4(r0), soft_cap4(r1));
     }
     if v < count {
         let r = load4(first + v);
@@ -92,6 +102,26 @@ fn plain_logit_sums_vec4(base: u32, lo: u32, step: u32) -> RowSums {
         state = push4(state, soft_cap4(r));
     }
     return RowSums(state, 0.0, 0.0, bad);
+}
+
+// Folds eight soft-capped logits into a lane's (max, Σ exp) with one
+// rescale.
+fn push8(state: vec2<f32>, x: vec4<f32>, y: vec4<f32>) -> vec2<f32> {
+    var m = state.x;
+    var s = state.y;
+    let both = max(x, y);
+    let top = max(max(both.x, both.y), max(both.z, both.w));
+    if top > m {
+        if s > 0.0 {
+            s *= exp(m - top);
+        }
+        m = top;
+    }
+    if !is_neg_inf(m) {
+        let e = exp(x - vec4<f32>(m)) + exp(y - vec4<f32>(m));
+        s += (e.x + e.y) + (e.z + e.w);
+    }
+    return vec2<f32>(m, s);
 }
 
 // Combines the lanes' shares of a row of logits.
@@ -126,6 +156,8 @@ fn main(
     }
     let last = min(first + params.rows_per_group, params.chunk_rows);
     var partial = identity_partial();
+    var held: HeldRow;
+    var filled = 0u; // lanes holding a row, uniform across the subgroup
     for (var local_row = first + subgroup; local_row < last; local_row += subgroups) {
         let base = local_row * params.classes;
         var pivot = 0.0;
@@ -138,8 +170,8 @@ fn main(
             let acc = subgroupAdd(probability_sums(base, prob_total, lane, lanes));
             sums = RowSums(vec2<f32>(0.0), acc, 0.0, u32(bad));
         } else {
-            pivot = row_pivot(base);
             if needs_class_sums() {
+                pivot = row_pivot(base);
                 sums = subgroup_logit_sums(logit_sums(base, pivot, lane, lanes));
             } else if has(FLAG_VEC4) {
                 sums = subgroup_logit_sums(plain_logit_sums_vec4(base, lane, lanes));
@@ -147,19 +179,26 @@ fn main(
                 sums = subgroup_logit_sums(plain_logit_sums(base, lane, lanes));
             }
         }
-        if lane == 0u {
-            finish_row(local_row, sums, pivot, prob_total, &partial);
+        if lane == filled {
+            held = HeldRow(local_row, sums, pivot, prob_total);
+        }
+        filled += 1u;
+        if filled == lanes {
+            finish_row(held.row, held.sums, held.pivot, held.prob_total, &partial);
+            filled = 0u;
         }
     }
-    if lane == 0u {
-        subgroup_partials[subgroup] = partial;
+    if lane < filled {
+        finish_row(held.row, held.sums, held.pivot, held.prob_total, &partial);
     }
-    workgroupBarrier();
+    shared_partials[lid] = partial;
+    for (var stride = WG / 2u; stride > 0u; stride /= 2u) {
+        workgroupBarrier();
+        if lid < stride {
+            shared_partials[lid] = combine(shared_partials[lid], shared_partials[lid + stride]);
+        }
+    }
     if lid == 0u {
-        var total = subgroup_partials[0];
-        for (var s = 1u; s < subgroups; s++) {
-            total = combine(total, subgroup_partials[s]);
-        }
-        partials[params.group_base + group] = total;
+        partials[params.group_base + group] = shared_partials[0];
     }
 }

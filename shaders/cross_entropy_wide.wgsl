@@ -32,7 +32,9 @@ fn main(
             prob_total = totals.acc;
             sums = RowSums(vec2<f32>(0.0), probability_sums(base, prob_total, lid, WG), 0.0, totals.bad);
         } else {
-            pivot = row_pivot(base);
+            if needs_class_sums() {
+                pivot = row_pivot(base);
+            }
             sums = logit_sums(base, pivot, lid, WG);
         }
         share(lid, sums);

@@ -48,9 +48,8 @@ pub struct GpuOptions {
     /// where the device has `SHADER_F16` (the path of devices without it).
     pub packed_f16: bool,
     /// Read f32 rows as `vec4`s in the subgroup kernel when the class count
-    /// is a multiple of 4: `None` chooses by adapter (on for GPUs, off for
-    /// CPU-type adapters such as lavapipe, whose vector units prefer scalar
-    /// loads across lanes).
+    /// is a multiple of 4: `None` (the default) and `Some(true)` do where
+    /// the device allows the extra binding; `Some(false)` never does.
     pub vector_loads: Option<bool>,
     /// Time each call's compute pass with timestamp queries, where the
     /// adapter has `Features::TIMESTAMP_QUERY`; read it with
@@ -347,10 +346,7 @@ impl GpuContext {
             (sizes, _) => sizes,
         };
         let device_type = device.adapter_info().device_type;
-        let vector_loads = pipelines.has_vec4()
-            && options
-                .vector_loads
-                .unwrap_or(device_type != wgpu::DeviceType::Cpu);
+        let vector_loads = pipelines.has_vec4() && options.vector_loads.unwrap_or(true);
         let timer = (options.timestamps
             && device.features().contains(wgpu::Features::TIMESTAMP_QUERY))
         .then(|| Timer::new(&device, &queue));

@@ -79,6 +79,10 @@ pub struct BenchArgs {
     /// rows too few to fill the device)
     #[arg(long, value_name = "S", value_parser = clap::value_parser!(u32).range(1..))]
     row_segments: Option<u32>,
+    /// Read f32 rows as vec4s in the subgroup kernel (GPU; default: on for
+    /// GPUs, off for CPU-type adapters)
+    #[arg(long, value_name = "BOOL")]
+    vector_loads: Option<bool>,
     /// Print one JSON object
     #[arg(long)]
     json: bool,
@@ -303,6 +307,7 @@ fn bench_gpu(args: &BenchArgs, spec: &CrossEntropy, batch: &Batch<'_>) -> Result
         rows_per_group: args.rows_per_group,
         subgroup_workgroup_size: args.workgroup_size,
         row_segments: args.row_segments,
+        vector_loads: args.vector_loads,
         ..Default::default()
     })?;
     let mut kernel = Vec::new();
