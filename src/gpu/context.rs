@@ -86,6 +86,8 @@ struct Buffers {
     staging: Option<wgpu::Buffer>,
     segments: Option<wgpu::Buffer>,
     bind_groups: BindGroupCache,
+    /// Staging for calls whose host inputs fit [`BELT_CHUNK`].
+    belt: Option<wgpu::util::StagingBelt>,
 }
 
 impl Buffers {
@@ -190,6 +192,47 @@ fn binding(buffer: &wgpu::Buffer, offset: u64, size: u64) -> wgpu::BindingResour
 
 const STORAGE_IN: wgpu::BufferUsages =
     wgpu::BufferUsages::STORAGE.union(wgpu::BufferUsages::COPY_DST);
+
+/// The staging belt's chunk: calls whose host inputs (uniforms included)
+/// fit in it upload through the belt, whose chunks are reused, instead of
+/// through `Queue::write_buffer`, which makes a staging buffer per write.
+const BELT_CHUNK: u64 = 1 << 20;
+
+/// How one call's host bytes reach their pool buffers: through the queue
+/// (a new staging buffer each write) or through the context's staging belt
+/// (copies recorded at the start of the call's encoder, chunks reused).
+struct Uploads<'a> {
+    queue: &'a wgpu::Queue,
+    belt: Option<wgpu::util::StagingBelt>,
+}
+
+impl Uploads<'_> {
+    /// Writes `data` (a multiple of 4 bytes) at the start of `buffer`.
+    fn write(&mut self, encoder: &mut wgpu::CommandEncoder, buffer: &wgpu::Buffer, data: &[u8]) {
+        match (&mut self.belt, NonZeroU64::new(data.len() as u64)) {
+            (Some(belt), Some(size)) => belt
+                .write_buffer(encoder, buffer, 0, size)
+                .copy_from_slice(data),
+            _ => self.queue.write_buffer(buffer, 0, data),
+        }
+    }
+
+    /// Closes the belt's chunks before the encoder is submitted.
+    fn finish(&mut self) {
+        if let Some(belt) = &mut self.belt {
+            belt.finish();
+        }
+    }
+
+    /// After the submission: maps the chunks again for a later call and
+    /// hands the belt back to the pool.
+    fn recall(mut self, buffers: &mut Buffers) {
+        if let Some(mut belt) = self.belt.take() {
+            belt.recall();
+            buffers.belt = Some(belt);
+        }
+    }
+}
 
 /// A wgpu device with the fused-loss pipelines built on it.
 ///
@@ -814,7 +857,14 @@ impl GpuContext {
         let mut buffers = self.buffers.lock().await;
         let oom = self.device.push_error_scope(wgpu::ErrorFilter::OutOfMemory);
         let validation = self.device.push_error_scope(wgpu::ErrorFilter::Validation);
-        let uniforms = self.write_uniforms(&mut buffers, &call);
+        let mut encoder = self.command_encoder();
+        let class_weight_bytes = spec
+            .class_weights
+            .as_ref()
+            .map_or(0, |w| w.len() as u64 * 4);
+        let mut uploads =
+            self.uploads(&mut buffers, self.uniform_bytes(&call) + class_weight_bytes);
+        let uniforms = self.write_uniforms(&mut buffers, &call, &mut uploads, &mut encoder);
         let class_weights = spec.class_weights.as_ref().map(|w| {
             let bytes: &[u8] = bytemuck::cast_slice(w);
             let buffer = ensure(
@@ -824,7 +874,7 @@ impl GpuContext {
                 bytes.len() as u64,
                 STORAGE_IN,
             );
-            self.queue.write_buffer(&buffer, 0, bytes);
+            uploads.write(&mut encoder, &buffer, bytes);
             Range::whole(buffer, bytes.len() as u64)
         });
         let (row_stats, partials, segments) = self.internal_buffers(&mut buffers, &call);
@@ -871,7 +921,7 @@ impl GpuContext {
             usage: wgpu::BufferUsages::MAP_READ | wgpu::BufferUsages::COPY_DST,
             mapped_at_creation: false,
         });
-        let mut encoder = self.record(&call, &bindings, in_place, None);
+        let mut encoder = self.record(&call, &bindings, in_place, None, encoder);
         encoder.copy_buffer_to_buffer(
             &bindings.partials.buffer,
             call.final_partial as u64 * partial_size,
@@ -888,7 +938,9 @@ impl GpuContext {
                 b as u64 * 4,
             );
         }
+        uploads.finish();
         self.queue.submit([encoder.finish()]);
+        uploads.recall(&mut buffers);
         let validation = validation.pop();
         let oom = oom.pop();
         drop(buffers);
@@ -921,7 +973,13 @@ impl GpuContext {
     /// The uniforms of one call: one slot per chunk, then one per reduction
     /// pass, then (with the weights pre-pass) the same again for the
     /// pre-pass, whose final partial goes to `weights_partial`.
-    fn write_uniforms(&self, buffers: &mut Buffers, call: &Call<'_>) -> wgpu::Buffer {
+    fn write_uniforms(
+        &self,
+        buffers: &mut Buffers,
+        call: &Call<'_>,
+        uploads: &mut Uploads<'_>,
+        encoder: &mut wgpu::CommandEncoder,
+    ) -> wgpu::Buffer {
         let Call { spec, shape, .. } = *call;
         let classes = shape.classes;
         let flag_if = |on: bool, flag: u32| if on { flag } else { 0 };
@@ -1008,8 +1066,35 @@ impl GpuContext {
             bytes.len() as u64,
             wgpu::BufferUsages::UNIFORM | wgpu::BufferUsages::COPY_DST,
         );
-        self.queue.write_buffer(&uniforms, 0, &bytes);
+        uploads.write(encoder, &uniforms, &bytes);
         uniforms
+    }
+
+    /// The bytes of one call's uniforms.
+    fn uniform_bytes(&self, call: &Call<'_>) -> u64 {
+        call.uniform_slots() as u64 * self.uniform_stride
+    }
+
+    /// Uploads for a call whose host inputs total `bytes`: through the
+    /// staging belt when they fit one of its chunks.
+    fn uploads(&self, buffers: &mut Buffers, bytes: u64) -> Uploads<'_> {
+        let belt = (bytes <= BELT_CHUNK).then(|| {
+            buffers
+                .belt
+                .take()
+                .unwrap_or_else(|| wgpu::util::StagingBelt::new(self.device.clone(), BELT_CHUNK))
+        });
+        Uploads {
+            queue: &self.queue,
+            belt,
+        }
+    }
+
+    fn command_encoder(&self) -> wgpu::CommandEncoder {
+        self.device
+            .create_command_encoder(&wgpu::CommandEncoderDescriptor {
+                label: Some("fused-loss"),
+            })
     }
 
     /// The internal per-call buffers: row stats (when needed) and partials
@@ -1075,11 +1160,26 @@ impl GpuContext {
         let batch_bytes = batch.batch as u64 * 4;
         let gradient = call.spec.gradient;
         let read_back = wgpu::BufferUsages::STORAGE | wgpu::BufferUsages::COPY_SRC;
-        let uniforms = self.write_uniforms(buffers, call);
+        let cells = batch.batch * classes;
+        let input_bytes = self.uniform_bytes(call)
+            + T::DTYPE.buffer_bytes(cells)
+            + match batch.targets {
+                Targets::Labels(_) => batch_bytes,
+                Targets::Dense(_) => cells as u64 * 4,
+            }
+            + batch.sample_weights.map_or(0, |_| batch_bytes)
+            + call
+                .spec
+                .class_weights
+                .as_ref()
+                .map_or(0, |w| w.len() as u64 * 4);
+        let mut encoder = self.command_encoder();
+        let mut uploads = self.uploads(buffers, input_bytes);
+        let uniforms = self.write_uniforms(buffers, call, &mut uploads, &mut encoder);
 
-        let upload = |slot: &mut Option<wgpu::Buffer>, label, data: &[u8], usage| {
+        let mut upload = |slot: &mut Option<wgpu::Buffer>, label, data: &[u8], usage| {
             let buffer = ensure(slot, self, label, data.len() as u64, usage);
-            queue.write_buffer(&buffer, 0, data);
+            uploads.write(&mut encoder, &buffer, data);
             Range::whole(buffer, data.len() as u64)
         };
         let labels = match batch.targets {
@@ -1149,13 +1249,13 @@ impl GpuContext {
                 logits_bytes.len() as u64,
                 logits_usage,
             );
-            queue.write_buffer(&logits, 0, &logits_bytes);
+            uploads.write(&mut encoder, &logits, &logits_bytes);
             let targets = match batch.targets {
                 Targets::Dense(t) => {
                     let bytes = cells as u64 * 4;
                     let buffer =
                         ensure(&mut buffers.targets[i], self, "targets", bytes, STORAGE_IN);
-                    queue.write_buffer(&buffer, 0, bytemuck::cast_slice(&t[range]));
+                    uploads.write(&mut encoder, &buffer, bytemuck::cast_slice(&t[range]));
                     Some(Range::whole(buffer, bytes))
                 }
                 Targets::Labels(_) => None,
@@ -1222,7 +1322,13 @@ impl GpuContext {
                 .retain_pool(&pool, [&self.placeholder, &self.placeholder_writable]);
             buffers.bind_groups.pool_version = pool_version;
         }
-        let mut encoder = self.record(call, &bindings, in_place, Some(&mut buffers.bind_groups));
+        let mut encoder = self.record(
+            call,
+            &bindings,
+            in_place,
+            Some(&mut buffers.bind_groups),
+            encoder,
+        );
         encoder.copy_buffer_to_buffer(&bindings.per_example.buffer, 0, &staging, 0, batch_bytes);
         encoder.copy_buffer_to_buffer(
             &bindings.partials.buffer,
@@ -1253,7 +1359,9 @@ impl GpuContext {
             encoder.resolve_query_set(&timer.queries, 0..2, &timer.resolved, 0);
             encoder.copy_buffer_to_buffer(&timer.resolved, 0, &staging, offset, 16);
         }
+        uploads.finish();
         queue.submit([encoder.finish()]);
+        uploads.recall(buffers);
         Readback {
             staging,
             size: staging_size,
@@ -1274,6 +1382,7 @@ impl GpuContext {
         b: &Bindings,
         in_place: bool,
         mut cache: Option<&mut BindGroupCache>,
+        mut encoder: wgpu::CommandEncoder,
     ) -> wgpu::CommandEncoder {
         let device = &self.device;
         let mut bind_group = |kernel: Kernel, entries: &[wgpu::BindGroupEntry<'_>]| {
@@ -1396,9 +1505,6 @@ impl GpuContext {
             pass.dispatch_workgroups(x, y, 1);
         };
 
-        let mut encoder = device.create_command_encoder(&wgpu::CommandEncoderDescriptor {
-            label: Some("fused-loss"),
-        });
         {
             let mut pass = encoder.begin_compute_pass(&wgpu::ComputePassDescriptor {
                 label: Some("fused-loss"),
