@@ -650,3 +650,58 @@ fn resident_variants_equal_the_host_path() {
         }
     }
 }
+
+/// Calls submitted before any is read each keep their own uniforms and
+/// class weights (uploaded through the staging belt, whose chunk is still
+/// in flight when the next call comes).
+#[test]
+fn overlapping_resident_calls_keep_their_own_inputs() {
+    let Some(engine) = gpu() else { return };
+    let ctx = engine.gpu_context().unwrap();
+    let mut rng = Rng::new(78);
+    let (b, c) = (40, 120);
+    let logits = rng.logits(b * c, 4.0);
+    let labels = rng.labels(b, c);
+    let x = buffer(ctx, bytemuck::cast_slice(&logits), STORAGE);
+    let y = buffer(ctx, bytemuck::cast_slice(&labels), STORAGE);
+    let batch = DeviceBatch {
+        logits: DeviceSlice::new(&x),
+        logits_dtype: LogitDtype::F32,
+        batch: b,
+        classes: c,
+        targets: DeviceTargets::Labels(DeviceSlice::new(&y)),
+        sample_weights: None,
+    };
+    let specs: Vec<CrossEntropy> = (0..4)
+        .map(|i| {
+            CrossEntropy::new()
+                .with_label_smoothing(0.05 * i as f32)
+                .with_class_weights((0..c).map(|k| 1.0 + ((k + i) % 4) as f32).collect())
+        })
+        .collect();
+    let losses: Vec<wgpu::Buffer> = specs
+        .iter()
+        .map(|_| empty(ctx, b as u64 * 4, READABLE))
+        .collect();
+    let pending: Vec<PendingLoss> = specs
+        .iter()
+        .zip(&losses)
+        .map(|(spec, out)| {
+            let outputs = DeviceOutputs {
+                per_example: DeviceSlice::new(out),
+                gradient: None,
+                row_lse: None,
+            };
+            ctx.submit_resident_blocking(spec, &batch, &outputs)
+                .unwrap()
+        })
+        .collect();
+    for ((spec, pending), out) in specs.iter().zip(&pending).zip(&losses) {
+        let host = engine
+            .compute_blocking(spec, &Batch::with_labels(&logits, c, &labels))
+            .unwrap();
+        let reduced = pending.read_blocking().unwrap();
+        assert_eq!(reduced.loss.to_bits(), host.loss.to_bits());
+        assert_eq!(read_f32(ctx, out, 0, b), host.per_example);
+    }
+}
