@@ -4,15 +4,14 @@
 // and then writes the row's gradient from it, so the logits are read once.
 // The reduction's denominator comes from the weights pre-pass
 // (cross_entropy_weights.wgsl) at final_partial. Prepended like
-// cross_entropy_fused_wide.wgsl, without the wide tree. Logits only; rows of
+// cross_entropy_fused_wide.wgsl, without the wide tree and with
+// partial_tree.wgsl. Logits only; rows of
 // at most NARROW_CACHE classes, a multiple of GRAD_PER_WORD.
 
 // Keep in sync with gpu::cross_entropy::NARROW_WORKGROUP_SIZE.
 const WG: u32 = 128u;
 // Keep in sync with gpu::cross_entropy::NARROW_CACHE_CLASSES.
 const NARROW_CACHE: u32 = 64u;
-
-var<workgroup> shared_partials: array<Partial, WG>;
 
 @compute @workgroup_size(WG)
 fn main(
@@ -51,13 +50,7 @@ fn main(
             store_gradient((base + c) / GRAD_PER_WORD, gradient_word(values));
         }
     }
-    shared_partials[lid] = partial;
-    for (var stride = WG / 2u; stride > 0u; stride /= 2u) {
-        workgroupBarrier();
-        if lid < stride {
-            shared_partials[lid] = combine(shared_partials[lid], shared_partials[lid + stride]);
-        }
-    }
+    combine_workgroup_partials(lid, partial);
     if lid == 0u {
         partials[params.group_base + group] = shared_partials[0];
     }

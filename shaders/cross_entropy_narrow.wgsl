@@ -1,7 +1,7 @@
 // Fused per-example cross-entropy for narrow rows: one invocation per row,
 // no barrier per row. Thread t of a workgroup takes rows first + t,
 // first + t + WG, ...; a shared-memory tree combines the threads' partials
-// once per workgroup. Prepended with partial.wgsl, cross_entropy_row.wgsl,
+// once per workgroup. Prepended with partial.wgsl, partial_tree.wgsl, cross_entropy_row.wgsl,
 // a logits_*.wgsl library and cross_entropy_forward.wgsl.
 // Host side: src/gpu/cross_entropy.rs.
 
@@ -9,8 +9,6 @@
 const WG: u32 = 128u;
 
 @group(0) @binding(1) var<storage, read> logits: array<LogitWord>; // this chunk
-
-var<workgroup> shared_partials: array<Partial, WG>;
 
 @compute @workgroup_size(WG)
 fn main(
@@ -42,13 +40,7 @@ fn main(
         }
         finish_row(local_row, sums, pivot, prob_total, &partial);
     }
-    shared_partials[lid] = partial;
-    for (var stride = WG / 2u; stride > 0u; stride /= 2u) {
-        workgroupBarrier();
-        if lid < stride {
-            shared_partials[lid] = combine(shared_partials[lid], shared_partials[lid + stride]);
-        }
-    }
+    combine_workgroup_partials(lid, partial);
     if lid == 0u {
         partials[params.group_base + group] = shared_partials[0];
     }

@@ -3,7 +3,7 @@
 // into the segments buffer, bound here where the other kernels bind the
 // dense targets, which a finished run no longer needs) and finishes the row
 // like the narrow kernel; a shared-memory tree combines the workgroup's
-// partials once. Prepended with partial.wgsl, cross_entropy_row.wgsl, a
+// partials once. Prepended with partial.wgsl, partial_tree.wgsl, cross_entropy_row.wgsl, a
 // logits_*.wgsl library and cross_entropy_forward.wgsl.
 // Host side: src/gpu/cross_entropy.rs.
 
@@ -13,8 +13,6 @@ const WG: u32 = 128u;
 const SEGMENT_WORDS: u32 = 5u;
 
 @group(0) @binding(1) var<storage, read> logits: array<LogitWord>; // this chunk
-
-var<workgroup> shared_partials: array<Partial, WG>;
 
 fn run_sums(run: u32) -> RowSums {
     let at = run * SEGMENT_WORDS;
@@ -52,13 +50,7 @@ fn main(
             finish_row(local_row, sums, row_pivot(local_row * params.classes), 0.0, &partial);
         }
     }
-    shared_partials[lid] = partial;
-    for (var stride = WG / 2u; stride > 0u; stride /= 2u) {
-        workgroupBarrier();
-        if lid < stride {
-            shared_partials[lid] = combine(shared_partials[lid], shared_partials[lid + stride]);
-        }
-    }
+    combine_workgroup_partials(lid, partial);
     if lid == 0u && first < params.chunk_rows {
         partials[params.group_base + group] = shared_partials[0];
     }

@@ -6,7 +6,8 @@
 // shared-memory tree combines the invocations' partials once per
 // workgroup. Needs `Features::SUBGROUP`. Subgroup s of a workgroup takes
 // rows first + s, first + s + num_subgroups, ... Prepended with
-// partial.wgsl, cross_entropy_row.wgsl and cross_entropy_forward.wgsl.
+// partial.wgsl, partial_tree.wgsl, cross_entropy_row.wgsl and
+// cross_entropy_forward.wgsl.
 // Prepended also with a logits_*.wgsl library (`load_logit`) and with
 // logits_vec4_binding.wgsl (f32 logits only) or logits_vec4_scalar.wgsl
 // (`load4`). Host side: src/gpu/cross_entropy.rs.
@@ -17,8 +18,6 @@
 override WG: u32 = 128u;
 
 @group(0) @binding(1) var<storage, read> logits: array<LogitWord>; // this chunk
-
-var<workgroup> shared_partials: array<Partial, WG>;
 
 // A row's combined sums, held by the lane that will finish it.
 struct HeldRow {
@@ -191,13 +190,7 @@ fn main(
     if lane < filled {
         finish_row(held.row, held.sums, held.pivot, held.prob_total, &partial);
     }
-    shared_partials[lid] = partial;
-    for (var stride = WG / 2u; stride > 0u; stride /= 2u) {
-        workgroupBarrier();
-        if lid < stride {
-            shared_partials[lid] = combine(shared_partials[lid], shared_partials[lid + stride]);
-        }
-    }
+    combine_workgroup_partials(lid, partial);
     if lid == 0u {
         partials[params.group_base + group] = shared_partials[0];
     }

@@ -4,15 +4,13 @@
 // with the same denominators, to the bit, as the forward pass's. The host
 // puts that root one past the forward pass's final partial; the forward
 // pass then overwrites the rest. Reads no logits. Prepended with
-// partial.wgsl, cross_entropy_row.wgsl, logits_f32.wgsl and
+// partial.wgsl, partial_tree.wgsl, cross_entropy_row.wgsl, logits_f32.wgsl and
 // cross_entropy_forward.wgsl. Host side: src/gpu/cross_entropy.rs.
 
 // Keep in sync with gpu::cross_entropy::NARROW_WORKGROUP_SIZE.
 const WG: u32 = 128u;
 
 @group(0) @binding(1) var<storage, read> logits: array<LogitWord>; // unused
-
-var<workgroup> shared_partials: array<Partial, WG>;
 
 @compute @workgroup_size(WG)
 fn main(
@@ -33,13 +31,7 @@ fn main(
         for (var local_row = first + lid; local_row < last; local_row += WG) {
             fold_weight(row_weight(params.row_base + local_row, &partial), &partial);
         }
-        shared_partials[lid] = partial;
-        for (var stride = WG / 2u; stride > 0u; stride /= 2u) {
-            workgroupBarrier();
-            if lid < stride {
-                shared_partials[lid] = combine(shared_partials[lid], shared_partials[lid + stride]);
-            }
-        }
+        combine_workgroup_partials(lid, partial);
         if lid == 0u {
             partials[params.group_base + index] = shared_partials[0];
         }

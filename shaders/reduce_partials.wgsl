@@ -1,7 +1,7 @@
 // Deterministic tree reduction of workgroup partials. Pass k reads `count`
 // partials at `in_offset` and writes one per workgroup at `out_offset`; the
 // host chains passes until one partial is left. Float sums stay float-float;
-// no atomics, fixed order. Prepended with partial.wgsl.
+// no atomics, fixed order. Prepended with partial.wgsl and partial_tree.wgsl.
 // Host side: src/gpu/reduce_partials.rs.
 
 // Keep in sync with gpu::reduce_partials::WORKGROUP_SIZE.
@@ -18,8 +18,6 @@ struct Params {
 @group(0) @binding(0) var<uniform> params: Params;
 @group(0) @binding(1) var<storage, read_write> partials: array<Partial>;
 
-var<workgroup> shared_partials: array<Partial, WG>;
-
 @compute @workgroup_size(WG)
 fn main(
     @builtin(workgroup_id) wid: vec3<u32>,
@@ -32,13 +30,7 @@ fn main(
     if index < params.count {
         value = partials[params.in_offset + index];
     }
-    shared_partials[lid] = value;
-    for (var stride = WG / 2u; stride > 0u; stride /= 2u) {
-        workgroupBarrier();
-        if lid < stride {
-            shared_partials[lid] = combine(shared_partials[lid], shared_partials[lid + stride]);
-        }
-    }
+    combine_workgroup_partials(lid, value);
     if lid == 0u && group * WG < params.count {
         partials[params.out_offset + group] = shared_partials[0];
     }

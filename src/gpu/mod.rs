@@ -19,6 +19,7 @@ pub use roofline::{Roofline, Timing};
 /// `shaders/partial.wgsl`: the partial and its compensated arithmetic,
 /// prepended to every kernel.
 const PARTIAL_SHADER: &str = include_str!("../../shaders/partial.wgsl");
+const PARTIAL_TREE_SHADER: &str = include_str!("../../shaders/partial_tree.wgsl");
 
 /// How a kernel's B×C logits or gradient sit in a storage buffer.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
@@ -159,6 +160,9 @@ pub(crate) fn shader_source(variant: Variant) -> String {
         parts.push("enable f16;\n\n".into());
     }
     parts.push(PARTIAL_SHADER.into());
+    if kernel.combines_invocation_partials() {
+        parts.push(PARTIAL_TREE_SHADER.into());
+    }
     if kernel == Kernel::Reduce {
         parts.push(reduce_partials::SHADER.into());
         return parts.concat();
@@ -265,6 +269,22 @@ impl Kernel {
                 | Kernel::FusedWideInPlace
                 | Kernel::FusedNarrow
                 | Kernel::FusedNarrowInPlace
+        )
+    }
+
+    /// Whether the kernel ends with the shared-memory tree over its
+    /// invocations' partials (and so includes partial_tree.wgsl).
+    fn combines_invocation_partials(self) -> bool {
+        matches!(
+            self,
+            Kernel::Narrow
+                | Kernel::Weights
+                | Kernel::FusedNarrow
+                | Kernel::FusedNarrowInPlace
+                | Kernel::Subgroup
+                | Kernel::SubgroupVec4
+                | Kernel::SplitFinish
+                | Kernel::Reduce
         )
     }
 
