@@ -51,11 +51,14 @@ run_tests() {
 }
 
 run() {
-    timeout 120 "$bin" bench --json --iters "$iters" --warmup 2 "$@" \
+    timeout 120 "$bin" bench --json --iters "${ITERS:-$iters}" --warmup 2 "$@" \
         || echo "{\"failed\": \"$*\"}"
 }
 run_benches() {
-    run --batch 32 --classes 10
+    # Small batches: enough calls for a steady median of the end-to-end time
+    # against the bare round trip.
+    ITERS=300 run --batch 32 --classes 10
+    ITERS=300 run --batch 512 --classes 1000
     run --batch 65536 --classes 10
     run --batch 1048576 --classes 10
     for shape in "4096 1000" "16384 4096" "4096 32000" "128 262144"; do
@@ -70,6 +73,11 @@ run_benches() {
     run --batch 128 --classes 262144 --row-segments 1
     for wg in 64 128 256 512; do
         run --batch 16384 --classes 4096 --workgroup-size "$wg"
+    done
+    # The subgroup kernel's scalar loads, against the vec4 default.
+    for shape in "4096 1000" "16384 4096" "4096 32000"; do
+        set -- $shape
+        run --batch "$1" --classes "$2" --kernel subgroup --vector-loads false
     done
 }
 
