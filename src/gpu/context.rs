@@ -207,9 +207,12 @@ struct Uploads<'a> {
 }
 
 impl Uploads<'_> {
-    /// Writes `data` (a multiple of 4 bytes) at the start of `buffer`.
+    /// Writes `data` (a multiple of 4 bytes, as every input is) at the
+    /// start of `buffer`.
     fn write(&mut self, encoder: &mut wgpu::CommandEncoder, buffer: &wgpu::Buffer, data: &[u8]) {
-        match (&mut self.belt, NonZeroU64::new(data.len() as u64)) {
+        let size = NonZeroU64::new(data.len() as u64)
+            .filter(|size| size.get().is_multiple_of(wgpu::COPY_BUFFER_ALIGNMENT));
+        match (&mut self.belt, size) {
             (Some(belt), Some(size)) => belt
                 .write_buffer(encoder, buffer, 0, size)
                 .copy_from_slice(data),
