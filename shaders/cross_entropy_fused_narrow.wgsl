@@ -8,8 +8,11 @@
 // partial_tree.wgsl. Logits only; rows of
 // at most NARROW_CACHE classes, a multiple of GRAD_PER_WORD.
 
-// Keep in sync with gpu::cross_entropy::NARROW_WORKGROUP_SIZE.
-const WG: u32 = 128u;
+// The workgroup size: a pipeline-overridable constant, set from
+// GpuOptions::narrow_workgroup_size (the same for the narrow, single-read
+// narrow and weights kernels, whose trees must match); the default is
+// gpu::cross_entropy::NARROW_WORKGROUP_SIZE.
+override WG: u32 = 128u;
 // Keep in sync with gpu::cross_entropy::NARROW_CACHE_CLASSES.
 const NARROW_CACHE: u32 = 64u;
 

@@ -5,8 +5,11 @@
 // a logits_*.wgsl library and cross_entropy_forward.wgsl.
 // Host side: src/gpu/cross_entropy.rs.
 
-// Keep in sync with gpu::cross_entropy::NARROW_WORKGROUP_SIZE.
-const WG: u32 = 128u;
+// The workgroup size: a pipeline-overridable constant, set from
+// GpuOptions::narrow_workgroup_size (the same for the narrow, single-read
+// narrow and weights kernels, whose trees must match); the default is
+// gpu::cross_entropy::NARROW_WORKGROUP_SIZE.
+override WG: u32 = 128u;
 
 @group(0) @binding(1) var<storage, read> logits: array<LogitWord>; // this chunk
 

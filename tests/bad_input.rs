@@ -255,3 +255,25 @@ fn bad_subgroup_workgroup_size() {
         }
     }
 }
+
+/// So is a narrow workgroup size the kernel cannot take, on any adapter.
+#[test]
+fn bad_narrow_workgroup_size() {
+    if gpu().is_none() {
+        return;
+    }
+    for size in [0, 16, 96, 2048] {
+        match GpuContext::new_blocking(GpuOptions {
+            narrow_workgroup_size: Some(size),
+            ..Default::default()
+        }) {
+            Err(Error::InvalidArgument(message)) => {
+                assert!(
+                    message.contains("narrow workgroup size") && message.contains("power of two"),
+                    "{message}"
+                )
+            }
+            other => panic!("size {size}: expected InvalidArgument, got {other:?}"),
+        }
+    }
+}

@@ -171,6 +171,34 @@ fn single_read_is_bit_identical_to_two_reads() {
     }
 }
 
+/// The narrow workgroup size is one override for the narrow kernel, its
+/// single-read twin and the weights pre-pass: at 32 and at 256 one read
+/// and two still give the same bits (the wide kernel's pre-pass too).
+#[test]
+fn single_read_matches_two_reads_at_other_narrow_workgroup_sizes() {
+    for size in [32, 256] {
+        for kernel in [KernelVariant::Narrow, KernelVariant::Wide] {
+            let Some((once, twice)) = engines(GpuOptions {
+                kernel: Some(kernel),
+                narrow_workgroup_size: Some(size),
+                ..Default::default()
+            }) else {
+                return;
+            };
+            let shapes: &[(usize, usize)] = match kernel {
+                KernelVariant::Narrow => &[(1, 3), (700, 10), (50, 64)],
+                _ => &[(300, 70)],
+            };
+            compare(
+                &once,
+                &twice,
+                shapes,
+                &format!("{kernel:?}, narrow workgroups of {size}"),
+            );
+        }
+    }
+}
+
 /// Several rows per workgroup (the row cache refilled), several chunks
 /// (the weights pre-pass with group offsets), and a row as wide as the
 /// cache.

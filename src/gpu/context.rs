@@ -60,6 +60,13 @@ pub struct GpuOptions {
     /// `None` is 128; ignored where the device has no subgroups. For
     /// tuning (`fused-loss bench --workgroup-size`).
     pub subgroup_workgroup_size: Option<u32>,
+    /// The narrow kernel's workgroup size (the override constant `WG` of
+    /// it, of its single-read twin and of the weights pre-pass, whose trees
+    /// must match): a power of two from 32 to 1024 within the device's
+    /// limits; `None` is 128. Each invocation takes a row, so it is also
+    /// the rows a narrow workgroup works on at once. For tuning
+    /// (`fused-loss bench --narrow-workgroup-size`).
+    pub narrow_workgroup_size: Option<u32>,
     /// Runs to cut each row into when the batch has too few rows to fill
     /// the device (`cross_entropy_split_rows.wgsl`, then
     /// `cross_entropy_split_finish.wgsl`): `None` chooses (about as many
@@ -263,6 +270,8 @@ pub struct GpuContext {
     /// The device's subgroup sizes where it has `Features::SUBGROUP` (and
     /// so the subgroup kernel).
     subgroups: Option<SubgroupSizes>,
+    /// The narrow-family kernels' workgroup size.
+    narrow_workgroup: u32,
     vector_loads: bool,
     uniform_stride: u64,
     buffers: AsyncMutex<Buffers>,
@@ -386,10 +395,14 @@ impl GpuContext {
         let native_f16 = device.features().contains(wgpu::Features::SHADER_F16);
         let subgroups = match (pipelines.subgroups(), options.subgroup_workgroup_size) {
             (Some(sizes), Some(size)) => Some(SubgroupSizes {
-                workgroup: checked_workgroup_size(size, &limits)?,
+                workgroup: checked_workgroup_size("subgroup", size, &limits)?,
                 ..sizes
             }),
             (sizes, _) => sizes,
+        };
+        let narrow_workgroup = match options.narrow_workgroup_size {
+            Some(size) => checked_workgroup_size("narrow", size, &limits)?,
+            None => ce::NARROW_WORKGROUP_SIZE,
         };
         let device_type = device.adapter_info().device_type;
         let vector_loads = pipelines.has_vec4() && options.vector_loads.unwrap_or(true);
@@ -418,6 +431,7 @@ impl GpuContext {
             row_segments: options.row_segments,
             kernel: options.kernel,
             subgroups,
+            narrow_workgroup,
             vector_loads,
             uniform_stride,
             buffers: AsyncMutex::new(Buffers::default(), false),
@@ -719,6 +733,7 @@ impl GpuContext {
         let mut chunks = ce::plan(
             variant,
             self.subgroup_sizes(),
+            self.narrow_workgroup,
             batch,
             classes,
             if probabilities || single_read { 2 } else { 1 },
@@ -1405,9 +1420,13 @@ impl GpuContext {
             0,
             binding(&b.uniforms, 0, std::mem::size_of::<ce::Params>() as u64),
         );
-        let workgroup = self.subgroups.map_or(0, |s| s.workgroup);
+        let subgroup_workgroup = self.subgroups.map_or(0, |s| s.workgroup);
         let variant = |kernel: Kernel| Variant {
-            workgroup,
+            workgroup: if kernel.narrow_workgroup() {
+                self.narrow_workgroup
+            } else {
+                subgroup_workgroup
+            },
             kernel,
             logits: call.logits,
             gradient: call.gradient,
@@ -1521,7 +1540,7 @@ impl GpuContext {
                         let groups = match call.variant {
                             KernelVariant::Narrow => chunk.groups,
                             KernelVariant::Wide | KernelVariant::Subgroup => {
-                                chunk.groups.div_ceil(ce::NARROW_WORKGROUP_SIZE)
+                                chunk.groups.div_ceil(self.narrow_workgroup)
                             }
                         };
                         let (x, y) = ce::dispatch_size(groups);
@@ -1620,10 +1639,10 @@ impl GpuContext {
     }
 }
 
-/// `size` if the subgroup kernel can run with that many invocations a
-/// workgroup on a device with `limits` (a power of two from 32 to 1024, one
-/// partial of workgroup memory each).
-fn checked_workgroup_size(size: u32, limits: &wgpu::Limits) -> Result<u32> {
+/// `size` if the `kernel` (subgroup or narrow) kernel can run with that
+/// many invocations a workgroup on a device with `limits` (a power of two
+/// from 32 to 1024, one partial of workgroup memory each).
+fn checked_workgroup_size(kernel: &str, size: u32, limits: &wgpu::Limits) -> Result<u32> {
     let memory = size as u64 * std::mem::size_of::<Partial>() as u64;
     if !size.is_power_of_two()
         || !(32..=1024).contains(&size)
@@ -1632,7 +1651,7 @@ fn checked_workgroup_size(size: u32, limits: &wgpu::Limits) -> Result<u32> {
         || memory > limits.max_compute_workgroup_storage_size as u64
     {
         return Err(Error::InvalidArgument(format!(
-            "subgroup workgroup size {size}: must be a power of two from 32 to 1024 and \
+            "{kernel} workgroup size {size}: must be a power of two from 32 to 1024 and \
              within the device's limits ({} invocations, {} bytes of workgroup memory)",
             limits
                 .max_compute_invocations_per_workgroup

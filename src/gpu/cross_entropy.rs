@@ -260,10 +260,10 @@ fn trips_per_row(variant: KernelVariant, classes: usize, passes: u64, sizes: Sub
 /// Rows a workgroup works on at once: one for the wide kernel, an
 /// invocation each for the narrow one, and a subgroup each (counting the
 /// fewest subgroups a workgroup can have) for the subgroup kernel.
-fn rows_at_once(variant: KernelVariant, sizes: SubgroupSizes) -> usize {
+fn rows_at_once(variant: KernelVariant, sizes: SubgroupSizes, narrow_workgroup: u32) -> usize {
     match variant {
         KernelVariant::Wide => 1,
-        KernelVariant::Narrow => NARROW_WORKGROUP_SIZE as usize,
+        KernelVariant::Narrow => narrow_workgroup as usize,
         KernelVariant::Subgroup => (sizes.workgroup / sizes.max).max(1) as usize,
     }
 }
@@ -288,12 +288,15 @@ pub(crate) fn max_classes(
 
 /// Cuts `batch` rows into chunks whose `[B, C]` arrays (`element_bytes` per
 /// element in the widest) fit `max_binding_bytes` and chooses each chunk's
-/// workgroups as `grouping` says, within the loop-trip budget. Every chunk but the last has a multiple of `row_multiple` rows,
-/// so that chunk offsets inside one buffer stay aligned.
+/// workgroups as `grouping` says, within the loop-trip budget, for narrow
+/// workgroups of `narrow_workgroup` invocations. Every chunk but the last
+/// has a multiple of `row_multiple` rows, so that chunk offsets inside one
+/// buffer stay aligned.
 #[allow(clippy::too_many_arguments)]
 pub(crate) fn plan(
     variant: KernelVariant,
     sizes: SubgroupSizes,
+    narrow_workgroup: u32,
     batch: usize,
     classes: usize,
     passes: u64,
@@ -322,7 +325,7 @@ pub(crate) fn plan(
         });
     }
     // Rows one invocation walks per workgroup row.
-    let lanes = rows_at_once(variant, sizes);
+    let lanes = rows_at_once(variant, sizes, narrow_workgroup);
     let max_rows_per_group =
         lanes * (TRIP_BUDGET / trips_per_row(variant, classes, passes, sizes)).max(1) as usize;
     let mut chunks = Vec::new();
@@ -515,6 +518,7 @@ mod tests {
         let chunks = plan(
             KernelVariant::Wide,
             LAVAPIPE,
+            NARROW_WORKGROUP_SIZE,
             64,
             600_000,
             1,
@@ -538,18 +542,24 @@ mod tests {
             KernelVariant::Narrow,
             KernelVariant::Subgroup,
         ];
+        let wide = SubgroupSizes {
+            min: 4,
+            max: 128,
+            workgroup: 1024,
+        };
         for classes in [1, 10, 64, 1000, 50_000, 600_000] {
-            for (variant, sizes) in variants.into_iter().flat_map(|v| {
-                let wide = SubgroupSizes {
-                    min: 4,
-                    max: 128,
-                    workgroup: 1024,
-                };
-                [LAVAPIPE, wide].map(|s| (v, s))
+            for (variant, sizes, narrow) in variants.into_iter().flat_map(|v| {
+                [
+                    (LAVAPIPE, 32),
+                    (LAVAPIPE, NARROW_WORKGROUP_SIZE),
+                    (wide, 1024),
+                ]
+                .map(|(s, n)| (v, s, n))
             }) {
                 let Ok(chunks) = plan(
                     variant,
                     sizes,
+                    narrow,
                     200_000,
                     classes,
                     2,
@@ -562,7 +572,7 @@ mod tests {
                     continue;
                 };
                 // The fewest rows at once means the most rows per invocation.
-                let lanes = rows_at_once(variant, sizes) as u64;
+                let lanes = rows_at_once(variant, sizes, narrow) as u64;
                 for chunk in chunks {
                     let rows_per_invocation = (chunk.rows_per_group as u64).div_ceil(lanes);
                     let trips = rows_per_invocation * trips_per_row(variant, classes, 2, sizes);
@@ -581,6 +591,7 @@ mod tests {
         let chunks = plan(
             KernelVariant::Narrow,
             LAVAPIPE,
+            NARROW_WORKGROUP_SIZE,
             1000,
             10,
             1,
@@ -600,6 +611,7 @@ mod tests {
             plan(
                 KernelVariant::Wide,
                 LAVAPIPE,
+                NARROW_WORKGROUP_SIZE,
                 1,
                 100_000_000,
                 1,
@@ -629,6 +641,7 @@ mod tests {
         let f32_chunks = plan(
             KernelVariant::Narrow,
             LAVAPIPE,
+            NARROW_WORKGROUP_SIZE,
             1000,
             10,
             1,
@@ -641,6 +654,7 @@ mod tests {
         let half_chunks = plan(
             KernelVariant::Narrow,
             LAVAPIPE,
+            NARROW_WORKGROUP_SIZE,
             1000,
             10,
             1,

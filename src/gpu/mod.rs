@@ -134,10 +134,14 @@ impl Variant {
         if !matches!(v.kernel, Kernel::FusedWide | Kernel::FusedWideInPlace) {
             v.row_cache = 0;
         }
-        // The shader's default WG is the pipeline built up front.
-        if !matches!(v.kernel, Kernel::Subgroup | Kernel::SubgroupVec4)
-            || v.workgroup == ce::SUBGROUP_WORKGROUP_SIZE
-        {
+        // 0 is the shader's default WG; kernels without `override WG` take
+        // none.
+        let default = match v.kernel {
+            Kernel::Subgroup | Kernel::SubgroupVec4 => Some(ce::SUBGROUP_WORKGROUP_SIZE),
+            kernel if kernel.narrow_workgroup() => Some(ce::NARROW_WORKGROUP_SIZE),
+            _ => None,
+        };
+        if default.is_none_or(|size| v.workgroup == size) {
             v.workgroup = 0;
         }
         v
@@ -269,6 +273,16 @@ impl Kernel {
                 | Kernel::FusedWideInPlace
                 | Kernel::FusedNarrow
                 | Kernel::FusedNarrowInPlace
+        )
+    }
+
+    /// Whether the kernel runs in workgroups of the narrow kernel's size
+    /// (`GpuOptions::narrow_workgroup_size`): the narrow kernel and those
+    /// whose partials must come out of the same tree.
+    pub(crate) fn narrow_workgroup(self) -> bool {
+        matches!(
+            self,
+            Kernel::Narrow | Kernel::FusedNarrow | Kernel::FusedNarrowInPlace | Kernel::Weights
         )
     }
 
@@ -553,10 +567,16 @@ mod tests {
     /// The WGSL workgroup sizes are the Rust constants.
     #[test]
     fn workgroup_sizes_are_in_sync() {
-        assert!(cross_entropy::NARROW_SHADER.contains(&format!(
-            "const WG: u32 = {}u;",
-            cross_entropy::NARROW_WORKGROUP_SIZE
-        )));
+        for shader in [
+            cross_entropy::NARROW_SHADER,
+            cross_entropy::FUSED_NARROW_SHADER,
+            cross_entropy::WEIGHTS_SHADER,
+        ] {
+            assert!(shader.contains(&format!(
+                "override WG: u32 = {}u;",
+                cross_entropy::NARROW_WORKGROUP_SIZE
+            )));
+        }
         assert!(cross_entropy::SUBGROUP_SHADER.contains(&format!(
             "override WG: u32 = {}u;",
             cross_entropy::SUBGROUP_WORKGROUP_SIZE
@@ -574,15 +594,10 @@ mod tests {
             "const WG: u32 = {}u;",
             cross_entropy::WIDE_WORKGROUP_SIZE
         )));
-        for shader in [
-            cross_entropy::FUSED_NARROW_SHADER,
-            cross_entropy::WEIGHTS_SHADER,
-        ] {
-            assert!(shader.contains(&format!(
-                "const WG: u32 = {}u;",
-                cross_entropy::NARROW_WORKGROUP_SIZE
-            )));
-        }
+        assert!(cross_entropy::SPLIT_FINISH_SHADER.contains(&format!(
+            "const WG: u32 = {}u;",
+            cross_entropy::NARROW_WORKGROUP_SIZE
+        )));
         assert!(cross_entropy::FUSED_NARROW_SHADER.contains(&format!(
             "const NARROW_CACHE: u32 = {}u;",
             cross_entropy::NARROW_CACHE_CLASSES

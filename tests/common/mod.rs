@@ -26,22 +26,26 @@ pub fn gpu_with(options: GpuOptions) -> Option<Engine> {
 /// with scalar and with vec4 loads.
 pub fn gpu_variants() -> Vec<Engine> {
     // The subgroup kernel with scalar loads in workgroups of 32 and with
-    // vec4 loads in workgroups of 256 (the default, 128, runs in `gpu()`).
+    // vec4 loads in workgroups of 256, the narrow kernel in workgroups of
+    // 64 (the defaults, 128 each, run in `gpu()`).
     [
-        (KernelVariant::Wide, None, None),
-        (KernelVariant::Narrow, None, None),
-        (KernelVariant::Subgroup, Some(false), Some(32)),
-        (KernelVariant::Subgroup, Some(true), Some(256)),
+        (KernelVariant::Wide, None, None, None),
+        (KernelVariant::Narrow, None, None, Some(64)),
+        (KernelVariant::Subgroup, Some(false), Some(32), None),
+        (KernelVariant::Subgroup, Some(true), Some(256), None),
     ]
     .into_iter()
-    .filter_map(|(kernel, vector_loads, subgroup_workgroup_size)| {
-        gpu_with(GpuOptions {
-            kernel: Some(kernel),
-            vector_loads,
-            subgroup_workgroup_size,
-            ..Default::default()
-        })
-    })
+    .filter_map(
+        |(kernel, vector_loads, subgroup_workgroup_size, narrow_workgroup_size)| {
+            gpu_with(GpuOptions {
+                kernel: Some(kernel),
+                vector_loads,
+                subgroup_workgroup_size,
+                narrow_workgroup_size,
+                ..Default::default()
+            })
+        },
+    )
     .collect()
 }
 
