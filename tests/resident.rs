@@ -705,3 +705,49 @@ fn overlapping_resident_calls_keep_their_own_inputs() {
         assert_eq!(read_f32(ctx, out, 0, b), host.per_example);
     }
 }
+
+/// Resident calls in steady state create no buffer: the readback buffer of
+/// a dropped `PendingLoss`, read or not, serves the next call.
+#[test]
+fn steady_state_resident_calls_create_no_buffers() {
+    let Some(engine) = gpu() else { return };
+    let ctx = engine.gpu_context().unwrap();
+    let mut rng = Rng::new(79);
+    let (b, c) = (64, 50);
+    let logits = rng.logits(b * c, 4.0);
+    let labels = rng.labels(b, c);
+    let x = buffer(ctx, bytemuck::cast_slice(&logits), STORAGE);
+    let y = buffer(ctx, bytemuck::cast_slice(&labels), STORAGE);
+    let losses = empty(ctx, b as u64 * 4, READABLE);
+    let batch = DeviceBatch {
+        logits: DeviceSlice::new(&x),
+        logits_dtype: LogitDtype::F32,
+        batch: b,
+        classes: c,
+        targets: DeviceTargets::Labels(DeviceSlice::new(&y)),
+        sample_weights: None,
+    };
+    let outputs = DeviceOutputs {
+        per_example: DeviceSlice::new(&losses),
+        gradient: None,
+        row_lse: None,
+    };
+    let spec = CrossEntropy::new();
+    let call = || {
+        ctx.submit_resident_blocking(&spec, &batch, &outputs)
+            .unwrap()
+    };
+    let first = call().read_blocking().unwrap();
+    let created = ctx.buffers_created();
+    for round in 0..4 {
+        let pending = call();
+        if round % 2 == 0 {
+            assert_eq!(pending.read_blocking().unwrap(), first);
+        }
+    }
+    assert_eq!(ctx.buffers_created(), created, "steady state");
+    let host = engine
+        .compute_blocking(&spec, &Batch::with_labels(&logits, c, &labels))
+        .unwrap();
+    assert_eq!(first.loss.to_bits(), host.loss.to_bits());
+}

@@ -2,7 +2,7 @@
 //! calls; one submission and one readback per call.
 
 use std::num::NonZeroU64;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 
 use futures_intrusive::sync::Mutex as AsyncMutex;
@@ -276,6 +276,9 @@ pub struct GpuContext {
     uniform_stride: u64,
     buffers: AsyncMutex<Buffers>,
     uncaptured: Arc<Mutex<Option<String>>>,
+    /// Readback buffers of resident calls whose [`PendingLoss`] is gone,
+    /// for the next calls.
+    reduced_pool: ReducedPool,
     timer: Option<Timer>,
     buffers_created: AtomicU64,
     bind_groups_created: AtomicU64,
@@ -436,6 +439,7 @@ impl GpuContext {
             uniform_stride,
             buffers: AsyncMutex::new(Buffers::default(), false),
             uncaptured,
+            reduced_pool: ReducedPool::default(),
             timer,
             buffers_created: AtomicU64::new(0),
             bind_groups_created: AtomicU64::new(0),
@@ -581,9 +585,19 @@ impl GpuContext {
     /// How many pool buffers and bind groups the context has created. Calls
     /// that fit the pool and repeat an earlier call's bindings (same batch
     /// layout and options) create none: the count stays put in steady state.
+    /// Resident calls ([`GpuContext::submit_resident`]) make their bind
+    /// groups anew each time, since the caller's buffers may change and a
+    /// kept group would keep them alive; they create no buffers in steady
+    /// state ([`GpuContext::buffers_created`]).
     pub fn objects_created(&self) -> u64 {
+        self.buffers_created() + self.bind_groups_created.load(Ordering::Relaxed)
+    }
+
+    /// How many buffers the context has created: the pool's, and the
+    /// readback buffers of resident calls (reused once their
+    /// [`PendingLoss`] is dropped).
+    pub fn buffers_created(&self) -> u64 {
         self.buffers_created.load(Ordering::Relaxed)
-            + self.bind_groups_created.load(Ordering::Relaxed)
     }
 
     /// The most logits bytes bound at once; larger inputs are chunked.
@@ -933,11 +947,14 @@ impl GpuContext {
                 .collect(),
         };
         let partial_size = std::mem::size_of::<Partial>() as u64;
-        let result = self.device.create_buffer(&wgpu::BufferDescriptor {
-            label: Some("reduced"),
-            size: partial_size,
-            usage: wgpu::BufferUsages::MAP_READ | wgpu::BufferUsages::COPY_DST,
-            mapped_at_creation: false,
+        let result = self.reduced_pool.take().unwrap_or_else(|| {
+            self.buffers_created.fetch_add(1, Ordering::Relaxed);
+            self.device.create_buffer(&wgpu::BufferDescriptor {
+                label: Some("reduced"),
+                size: partial_size,
+                usage: wgpu::BufferUsages::MAP_READ | wgpu::BufferUsages::COPY_DST,
+                mapped_at_creation: false,
+            })
         });
         let mut encoder = self.record(&call, &bindings, in_place, None, encoder);
         encoder.copy_buffer_to_buffer(
@@ -971,6 +988,8 @@ impl GpuContext {
         Ok(PendingLoss {
             device: self.device.clone(),
             result: Some(result),
+            reusable: AtomicBool::new(true),
+            pool: Some(self.reduced_pool.clone()),
             batch: b,
             classes: c,
             reduction: spec.reduction,
@@ -1797,6 +1816,10 @@ pub struct DeviceOutputs<'a> {
 pub struct PendingLoss {
     device: wgpu::Device,
     result: Option<wgpu::Buffer>,
+    /// `result` is unmapped (no read failed halfway), so it can serve a
+    /// later call once this is dropped.
+    reusable: AtomicBool,
+    pool: Option<ReducedPool>,
     batch: usize,
     classes: usize,
     reduction: crate::Reduction,
@@ -1819,6 +1842,8 @@ impl PendingLoss {
         PendingLoss {
             device: device.clone(),
             result: None,
+            reusable: AtomicBool::new(false),
+            pool: None,
             batch: 0,
             classes: 0,
             reduction,
@@ -1840,10 +1865,12 @@ impl PendingLoss {
             });
         };
         let size = std::mem::size_of::<Partial>();
+        self.reusable.store(false, Ordering::Relaxed);
         let partial: Partial = map_read(&self.device, result, size as u64, |view| {
             bytemuck::pod_read_unaligned(&view[..size])
         })
         .await?;
+        self.reusable.store(true, Ordering::Relaxed);
         partial.check(self.classes, self.check_finite)?;
         let stats = partial.stats(self.batch);
         Ok(ReducedLoss {
@@ -1856,6 +1883,40 @@ impl PendingLoss {
     /// Blocking [`PendingLoss::read`].
     pub fn read_blocking(&self) -> Result<ReducedLoss> {
         pollster::block_on(self.read())
+    }
+}
+
+impl Drop for PendingLoss {
+    fn drop(&mut self) {
+        if let (Some(buffer), Some(pool)) = (self.result.take(), &self.pool) {
+            if self.reusable.load(Ordering::Relaxed) {
+                pool.give_back(buffer);
+            }
+        }
+    }
+}
+
+/// The 56-byte readback buffers of resident calls, handed back by dropped
+/// [`PendingLoss`]es, so that steady-state calls create none. A later
+/// call's copy into a buffer is ordered after the earlier call's on the
+/// queue, and its map waits for both.
+#[derive(Clone, Default, Debug)]
+struct ReducedPool(Arc<Mutex<Vec<wgpu::Buffer>>>);
+
+impl ReducedPool {
+    /// Buffers kept at most (one per call in flight).
+    const CAPACITY: usize = 16;
+
+    fn take(&self) -> Option<wgpu::Buffer> {
+        self.0.lock().ok()?.pop()
+    }
+
+    fn give_back(&self, buffer: wgpu::Buffer) {
+        if let Ok(mut pool) = self.0.lock() {
+            if pool.len() < Self::CAPACITY {
+                pool.push(buffer);
+            }
+        }
     }
 }
 
