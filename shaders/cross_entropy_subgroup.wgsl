@@ -51,22 +51,27 @@ fn plain_logit_sums(base: u32, lo: u32, step: u32) -> RowSums {
     return RowSums(state, 0.0, 0.0, bad);
 }
 
+// A lane's (max, Σ exp) with the max raised to `top` where that is
+// higher: one rescale of the sum.
+fn raise_max(state: vec2<f32>, top: f32) -> vec2<f32> {
+    if top > state.x {
+        var s = state.y;
+        if s > 0.0 {
+            s *= exp(state.x - top);
+        }
+        return vec2<f32>(top, s);
+    }
+    return state;
+}
+
 // Folds four soft-capped logits into a lane's (max, Σ exp) with one rescale.
 fn push4(state: vec2<f32>, x: vec4<f32>) -> vec2<f32> {
-    var m = state.x;
-    var s = state.y;
-    let top = max(max(x.x, x.y), max(x.z, x.w));
-    if top > m {
-        if s > 0.0 {
-            s *= exp(m - top);
-        }
-        m = top;
+    let raised = raise_max(state, max(max(x.x, x.y), max(x.z, x.w)));
+    if is_neg_inf(raised.x) {
+        return raised;
     }
-    if !is_neg_inf(m) {
-        let e = exp(x - vec4<f32>(m));
-        s += (e.x + e.y) + (e.z + e.w);
-    }
-    return vec2<f32>(m, s);
+    let e = exp(x - vec4<f32>(raised.x));
+    return vec2<f32>(raised.x, raised.y + ((e.x + e.y) + (e.z + e.w)));
 }
 
 fn poison4(r: vec4<f32>) -> u32 {
@@ -106,21 +111,14 @@ fn plain_logit_sums_vec4(base: u32, lo: u32, step: u32) -> RowSums {
 // Folds eight soft-capped logits into a lane's (max, Σ exp) with one
 // rescale.
 fn push8(state: vec2<f32>, x: vec4<f32>, y: vec4<f32>) -> vec2<f32> {
-    var m = state.x;
-    var s = state.y;
     let both = max(x, y);
-    let top = max(max(both.x, both.y), max(both.z, both.w));
-    if top > m {
-        if s > 0.0 {
-            s *= exp(m - top);
-        }
-        m = top;
+    let raised = raise_max(state, max(max(both.x, both.y), max(both.z, both.w)));
+    if is_neg_inf(raised.x) {
+        return raised;
     }
-    if !is_neg_inf(m) {
-        let e = exp(x - vec4<f32>(m)) + exp(y - vec4<f32>(m));
-        s += (e.x + e.y) + (e.z + e.w);
-    }
-    return vec2<f32>(m, s);
+    let m = vec4<f32>(raised.x);
+    let e = exp(x - m) + exp(y - m);
+    return vec2<f32>(raised.x, raised.y + ((e.x + e.y) + (e.z + e.w)));
 }
 
 // Combines the lanes' shares of a row of logits.
