@@ -83,8 +83,8 @@ pub struct BenchArgs {
     /// rows too few to fill the device)
     #[arg(long, value_name = "S", value_parser = clap::value_parser!(u32).range(1..))]
     row_segments: Option<u32>,
-    /// Read f32 rows as vec4s in the subgroup kernel (GPU; default: on for
-    /// GPUs, off for CPU-type adapters)
+    /// Read f32 rows as vec4s in the subgroup kernel (GPU; default: true
+    /// wherever the device allows the extra binding)
     #[arg(long, value_name = "BOOL")]
     vector_loads: Option<bool>,
     /// Print one JSON object
