@@ -235,6 +235,25 @@ fn row_too_large_for_the_device() {
     }
 }
 
+/// Each size in `sizes` is refused when the context is built, with the
+/// kernel's name and the rule in the message.
+fn assert_workgroup_sizes_refused(
+    options: impl Fn(u32) -> GpuOptions,
+    sizes: &[u32],
+    kernel: &str,
+) {
+    for &size in sizes {
+        match GpuContext::new_blocking(options(size)) {
+            Err(Error::InvalidArgument(message)) => assert!(
+                message.contains(&format!("{kernel} workgroup size"))
+                    && message.contains("power of two"),
+                "{message}"
+            ),
+            other => panic!("size {size}: expected InvalidArgument, got {other:?}"),
+        }
+    }
+}
+
 /// A subgroup workgroup size the kernel cannot take is refused when the
 /// context is built, with the limits in the message.
 #[test]
@@ -243,17 +262,14 @@ fn bad_subgroup_workgroup_size() {
     if !engine.gpu_context().unwrap().has_subgroups() {
         return;
     }
-    for size in [0, 16, 48, 2048] {
-        match GpuContext::new_blocking(GpuOptions {
+    assert_workgroup_sizes_refused(
+        |size| GpuOptions {
             subgroup_workgroup_size: Some(size),
             ..Default::default()
-        }) {
-            Err(Error::InvalidArgument(message)) => {
-                assert!(message.contains("power of two"), "{message}")
-            }
-            other => panic!("size {size}: expected InvalidArgument, got {other:?}"),
-        }
-    }
+        },
+        &[0, 16, 48, 2048],
+        "subgroup",
+    );
 }
 
 /// So is a narrow workgroup size the kernel cannot take, on any adapter.
@@ -262,18 +278,12 @@ fn bad_narrow_workgroup_size() {
     if gpu().is_none() {
         return;
     }
-    for size in [0, 16, 96, 2048] {
-        match GpuContext::new_blocking(GpuOptions {
+    assert_workgroup_sizes_refused(
+        |size| GpuOptions {
             narrow_workgroup_size: Some(size),
             ..Default::default()
-        }) {
-            Err(Error::InvalidArgument(message)) => {
-                assert!(
-                    message.contains("narrow workgroup size") && message.contains("power of two"),
-                    "{message}"
-                )
-            }
-            other => panic!("size {size}: expected InvalidArgument, got {other:?}"),
-        }
-    }
+        },
+        &[0, 16, 96, 2048],
+        "narrow",
+    );
 }

@@ -50,6 +50,19 @@ fn read_bytes(ctx: &GpuContext, source: &wgpu::Buffer, offset: u64, size: u64) -
     view.to_vec()
 }
 
+/// `b` rows of `c` f32 logits from the start of `x`, labels from `y`, no
+/// sample weights.
+fn f32_labels<'a>(x: &'a wgpu::Buffer, y: &'a wgpu::Buffer, b: usize, c: usize) -> DeviceBatch<'a> {
+    DeviceBatch {
+        logits: DeviceSlice::new(x),
+        logits_dtype: LogitDtype::F32,
+        batch: b,
+        classes: c,
+        targets: DeviceTargets::Labels(DeviceSlice::new(y)),
+        sample_weights: None,
+    }
+}
+
 const STORAGE: wgpu::BufferUsages = wgpu::BufferUsages::STORAGE;
 const READABLE: wgpu::BufferUsages =
     wgpu::BufferUsages::STORAGE.union(wgpu::BufferUsages::COPY_SRC);
@@ -200,14 +213,7 @@ fn resident_bad_input_is_a_typed_error() {
         wgpu::BufferUsages::COPY_SRC,
     );
     let losses = empty(ctx, 16, READABLE);
-    let batch = DeviceBatch {
-        logits: DeviceSlice::new(&x),
-        logits_dtype: LogitDtype::F32,
-        batch: b,
-        classes: c,
-        targets: DeviceTargets::Labels(DeviceSlice::new(&y)),
-        sample_weights: None,
-    };
+    let batch = f32_labels(&x, &y, b, c);
     let outputs = DeviceOutputs {
         per_example: DeviceSlice::new(&losses),
         gradient: None,
@@ -416,14 +422,7 @@ fn resident_row_lse_equals_the_host_path() {
                 64 + b as u64 * 4,
                 wgpu::BufferUsages::COPY_DST | wgpu::BufferUsages::COPY_SRC,
             );
-            let batch = DeviceBatch {
-                logits: DeviceSlice::new(&x),
-                logits_dtype: LogitDtype::F32,
-                batch: b,
-                classes: c,
-                targets: DeviceTargets::Labels(DeviceSlice::new(&y)),
-                sample_weights: None,
-            };
+            let batch = f32_labels(&x, &y, b, c);
             let outputs = DeviceOutputs {
                 per_example: DeviceSlice::new(&losses),
                 gradient: gradient.then_some(GradientOutput::Into(DeviceSlice::new(&grad))),
@@ -449,14 +448,7 @@ fn resident_row_lse_equals_the_host_path() {
     let y = buffer(ctx, bytemuck::cast_slice(&[0i32, 1]), STORAGE);
     let losses = empty(ctx, 8, READABLE);
     let storage_only = empty(ctx, 8, STORAGE);
-    let batch = DeviceBatch {
-        logits: DeviceSlice::new(&x),
-        logits_dtype: LogitDtype::F32,
-        batch: 2,
-        classes: 2,
-        targets: DeviceTargets::Labels(DeviceSlice::new(&y)),
-        sample_weights: None,
-    };
+    let batch = f32_labels(&x, &y, 2, 2);
     let outputs = DeviceOutputs {
         per_example: DeviceSlice::new(&losses),
         gradient: None,
@@ -664,14 +656,7 @@ fn overlapping_resident_calls_keep_their_own_inputs() {
     let labels = rng.labels(b, c);
     let x = buffer(ctx, bytemuck::cast_slice(&logits), STORAGE);
     let y = buffer(ctx, bytemuck::cast_slice(&labels), STORAGE);
-    let batch = DeviceBatch {
-        logits: DeviceSlice::new(&x),
-        logits_dtype: LogitDtype::F32,
-        batch: b,
-        classes: c,
-        targets: DeviceTargets::Labels(DeviceSlice::new(&y)),
-        sample_weights: None,
-    };
+    let batch = f32_labels(&x, &y, b, c);
     let specs: Vec<CrossEntropy> = (0..4)
         .map(|i| {
             CrossEntropy::new()
@@ -719,14 +704,7 @@ fn steady_state_resident_calls_create_no_buffers() {
     let x = buffer(ctx, bytemuck::cast_slice(&logits), STORAGE);
     let y = buffer(ctx, bytemuck::cast_slice(&labels), STORAGE);
     let losses = empty(ctx, b as u64 * 4, READABLE);
-    let batch = DeviceBatch {
-        logits: DeviceSlice::new(&x),
-        logits_dtype: LogitDtype::F32,
-        batch: b,
-        classes: c,
-        targets: DeviceTargets::Labels(DeviceSlice::new(&y)),
-        sample_weights: None,
-    };
+    let batch = f32_labels(&x, &y, b, c);
     let outputs = DeviceOutputs {
         per_example: DeviceSlice::new(&losses),
         gradient: None,
