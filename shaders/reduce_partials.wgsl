@@ -4,8 +4,9 @@
 // no atomics, fixed order. Prepended with partial.wgsl and partial_tree.wgsl.
 // Host side: src/gpu/reduce_partials.rs.
 
-// Keep in sync with gpu::reduce_partials::WORKGROUP_SIZE.
-const WG: u32 = 256u;
+// The default is gpu::reduce_partials::WORKGROUP_SIZE; a last pass over
+// fewer partials runs smaller (reduce_partials::pass_workgroup).
+override WG: u32 = 256u;
 
 // Keep in sync with gpu::reduce_partials::Params.
 struct Params {

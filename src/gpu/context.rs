@@ -744,10 +744,11 @@ impl GpuContext {
         if spec.gradient && !in_place {
             element_bytes = element_bytes.max(gradient.size());
         }
+        let narrow_workgroup = ce::narrow_workgroup_for(self.narrow_workgroup, batch);
         let mut chunks = ce::plan(
             variant,
             self.subgroup_sizes(),
-            self.narrow_workgroup,
+            narrow_workgroup,
             batch,
             classes,
             if probabilities || single_read { 2 } else { 1 },
@@ -788,6 +789,7 @@ impl GpuContext {
             single_read,
             weights_partial,
             segments,
+            narrow_workgroup,
         })
     }
 
@@ -1442,7 +1444,7 @@ impl GpuContext {
         let subgroup_workgroup = self.subgroups.map_or(0, |s| s.workgroup);
         let variant = |kernel: Kernel| Variant {
             workgroup: if kernel.narrow_workgroup() {
-                self.narrow_workgroup
+                call.narrow_workgroup
             } else {
                 subgroup_workgroup
             },
@@ -1538,13 +1540,22 @@ impl GpuContext {
             ],
         );
         let pipeline = |kernel: Kernel| self.pipelines.get(device, variant(kernel));
-        let reduce_pipeline = pipeline(Kernel::Reduce);
-        let reduce_dispatch = |pass: &mut wgpu::ComputePass<'_>,
-                               params: &reduce_partials::Params| {
-            let groups = params.count.div_ceil(reduce_partials::WORKGROUP_SIZE);
-            let (x, y) = ce::dispatch_size(groups);
-            pass.dispatch_workgroups(x, y, 1);
-        };
+        // Each pass in its own pipeline: a last pass over few partials
+        // runs in a smaller workgroup (the same bits).
+        let reduce_dispatch =
+            |pass: &mut wgpu::ComputePass<'_>, params: &reduce_partials::Params, slot: u32| {
+                let workgroup = reduce_partials::pass_workgroup(params.count);
+                pass.set_pipeline(&self.pipelines.get(
+                    device,
+                    Variant {
+                        workgroup,
+                        ..Variant::f32(Kernel::Reduce)
+                    },
+                ));
+                pass.set_bind_group(0, &reduce_group, &[slot]);
+                let (x, y) = ce::dispatch_size(params.count.div_ceil(workgroup));
+                pass.dispatch_workgroups(x, y, 1);
+            };
 
         {
             let mut pass = encoder.begin_compute_pass(&wgpu::ComputePassDescriptor {
@@ -1559,16 +1570,14 @@ impl GpuContext {
                         let groups = match call.variant {
                             KernelVariant::Narrow => chunk.groups,
                             KernelVariant::Wide | KernelVariant::Subgroup => {
-                                chunk.groups.div_ceil(self.narrow_workgroup)
+                                chunk.groups.div_ceil(call.narrow_workgroup)
                             }
                         };
                         let (x, y) = ce::dispatch_size(groups);
                         pass.dispatch_workgroups(x, y, 1);
                     }
-                    pass.set_pipeline(&reduce_pipeline);
                     for (i, params) in call.reduce_passes.iter().enumerate() {
-                        pass.set_bind_group(0, &reduce_group, &[slot(call.weights_reduce_slot(i))]);
-                        reduce_dispatch(&mut pass, params);
+                        reduce_dispatch(&mut pass, params, slot(call.weights_reduce_slot(i)));
                     }
                 }
                 pass.set_pipeline(&pipeline(fused_kernel));
@@ -1599,10 +1608,8 @@ impl GpuContext {
                     pass.dispatch_workgroups(x, y, 1);
                 }
             }
-            pass.set_pipeline(&reduce_pipeline);
             for (i, params) in call.reduce_passes.iter().enumerate() {
-                pass.set_bind_group(0, &reduce_group, &[slot(call.reduce_slot(i))]);
-                reduce_dispatch(&mut pass, params);
+                reduce_dispatch(&mut pass, params, slot(call.reduce_slot(i)));
             }
             if call.spec.gradient && !call.single_read {
                 pass.set_pipeline(&pipeline(gradient_kernel));
@@ -1664,7 +1671,7 @@ impl GpuContext {
 fn checked_workgroup_size(kernel: &str, size: u32, limits: &wgpu::Limits) -> Result<u32> {
     let memory = size as u64 * std::mem::size_of::<Partial>() as u64;
     if !size.is_power_of_two()
-        || !(32..=1024).contains(&size)
+        || !(ce::MIN_WORKGROUP_SIZE..=1024).contains(&size)
         || size > limits.max_compute_invocations_per_workgroup
         || size > limits.max_compute_workgroup_size_x
         || memory > limits.max_compute_workgroup_storage_size as u64
@@ -1949,6 +1956,9 @@ struct Call<'a> {
     weights_partial: Option<u32>,
     /// Runs per row when rows are split (1: not split).
     segments: u32,
+    /// The workgroup size of the kernels that share the narrow kernel's
+    /// (`ce::narrow_workgroup_for`).
+    narrow_workgroup: u32,
 }
 
 impl Call<'_> {

@@ -104,8 +104,8 @@ pub(crate) struct Variant {
     pub gradient: Storage,
     /// `ROW_CACHE` of the single-read wide kernel, in classes.
     pub row_cache: u32,
-    /// The subgroup kernels' override constant `WG`; 0 keeps the shader's
-    /// default.
+    /// The override constant `WG` of the kernels that have one; 0 keeps
+    /// the shader's default.
     pub workgroup: u32,
 }
 
@@ -139,6 +139,7 @@ impl Variant {
         let default = match v.kernel {
             Kernel::Subgroup | Kernel::SubgroupVec4 => Some(ce::SUBGROUP_WORKGROUP_SIZE),
             kernel if kernel.narrow_workgroup() => Some(ce::NARROW_WORKGROUP_SIZE),
+            Kernel::Reduce => Some(reduce_partials::WORKGROUP_SIZE),
             _ => None,
         };
         if default.is_none_or(|size| v.workgroup == size) {
@@ -603,7 +604,7 @@ mod tests {
             cross_entropy::NARROW_CACHE_CLASSES
         )));
         assert!(reduce_partials::SHADER.contains(&format!(
-            "const WG: u32 = {}u;",
+            "override WG: u32 = {}u;",
             reduce_partials::WORKGROUP_SIZE
         )));
         for shader in [roofline::LOAD_SHADER, roofline::COPY_SHADER] {

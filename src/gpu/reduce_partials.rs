@@ -3,7 +3,8 @@
 
 use bytemuck::{Pod, Zeroable};
 
-/// Threads per workgroup; keep in sync with `WG` in the shader.
+/// Threads per workgroup of every pass but a last one over fewer partials
+/// (see [`pass_workgroup`]); keep in sync with `WG` in the shader.
 pub(crate) const WORKGROUP_SIZE: u32 = 256;
 
 pub(crate) const SHADER: &str = include_str!("../../shaders/reduce_partials.wgsl");
@@ -38,6 +39,16 @@ pub(crate) fn plan(count: u32) -> (Vec<Params>, u32) {
     (passes, offset)
 }
 
+/// The workgroup size of a pass over `count` partials: [`WORKGROUP_SIZE`],
+/// or for a last pass over fewer, the smallest power of two that holds them
+/// (at least 32). Padding the tree with identity partials changes no bit of
+/// the result, and a smaller tree costs less where barriers are dear.
+pub(crate) fn pass_workgroup(count: u32) -> u32 {
+    count
+        .next_power_of_two()
+        .clamp(super::cross_entropy::MIN_WORKGROUP_SIZE, WORKGROUP_SIZE)
+}
+
 pub(crate) fn layout(device: &wgpu::Device) -> wgpu::BindGroupLayout {
     device.create_bind_group_layout(&wgpu::BindGroupLayoutDescriptor {
         label: Some("reduce_partials"),
@@ -60,5 +71,9 @@ mod tests {
         assert_eq!(passes[0].out_offset, 70_000);
         assert_eq!(passes[2].count, 2);
         assert_eq!(last, 70_000 + 274 + 2);
+        let sizes: Vec<u32> = passes.iter().map(|p| pass_workgroup(p.count)).collect();
+        assert_eq!(sizes, [256, 256, 32]);
+        assert_eq!(pass_workgroup(200), 256);
+        assert_eq!(pass_workgroup(100), 128);
     }
 }

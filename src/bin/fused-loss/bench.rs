@@ -271,15 +271,21 @@ pub fn bench(args: &BenchArgs) -> Result<()> {
 }
 
 fn time_calls(args: &BenchArgs, mut call: impl FnMut() -> Result<()>) -> Result<Vec<Duration>> {
+    measure_calls(args, || {
+        let start = Instant::now();
+        call().map(|()| start.elapsed())
+    })
+}
+
+/// `args.warmup` untimed calls, then the times `args.iters` calls report.
+fn measure_calls(
+    args: &BenchArgs,
+    mut call: impl FnMut() -> Result<Duration>,
+) -> Result<Vec<Duration>> {
     for _ in 0..args.warmup {
         call()?;
     }
-    (0..args.iters)
-        .map(|_| {
-            let start = Instant::now();
-            call().map(|()| start.elapsed())
-        })
-        .collect()
+    (0..args.iters).map(|_| call()).collect()
 }
 
 fn cpu_report(backend: &'static str, adapter: String, time: Vec<Duration>, iters: u32) -> Report {
@@ -298,10 +304,7 @@ fn cpu_report(backend: &'static str, adapter: String, time: Vec<Duration>, iters
 }
 
 fn bench_gpu(args: &BenchArgs, spec: &CrossEntropy, batch: &Batch<'_>) -> Result<Report> {
-    // Kernel times come from the same calls as the end-to-end times, so
-    // that each kernel time lies within its call.
-    let context = GpuContext::new_blocking(GpuOptions {
-        timestamps: true,
+    let options = GpuOptions {
         kernel: match args.kernel {
             BenchKernel::Auto => None,
             BenchKernel::Wide => Some(KernelVariant::Wide),
@@ -314,13 +317,25 @@ fn bench_gpu(args: &BenchArgs, spec: &CrossEntropy, batch: &Batch<'_>) -> Result
         row_segments: args.row_segments,
         vector_loads: args.vector_loads,
         ..Default::default()
+    };
+    // End-to-end times come from a context without timestamp queries (as
+    // a caller's is by default: resolving them costs a call time of its
+    // own), kernel times from a second one with them. The two alternate
+    // call by call.
+    let plain = GpuContext::new_blocking(options.clone())?;
+    let context = GpuContext::new_blocking(GpuOptions {
+        timestamps: true,
+        ..options
     })?;
     let mut kernel = Vec::new();
-    let end_to_end = time_calls(args, || {
+    let end_to_end = measure_calls(args, || {
         context.compute_blocking(spec, batch)?;
         kernel.extend(context.last_kernel_time());
-        Ok(())
+        let start = Instant::now();
+        plain.compute_blocking(spec, batch)?;
+        Ok(start.elapsed())
     })?;
+    drop(plain);
     // Warm-up calls recorded kernel times too; keep the timed ones.
     let kernel = kernel.split_off(kernel.len().saturating_sub(args.iters as usize));
     let roofline = Roofline::new(&context)?;
