@@ -2,8 +2,9 @@
 // threads striding over the classes) and its shared-memory tree, shared by
 // cross_entropy_wide.wgsl and cross_entropy_fused_wide.wgsl.
 
-// Keep in sync with gpu::cross_entropy::WIDE_WORKGROUP_SIZE.
-const WG: u32 = 128u;
+// The default is gpu::cross_entropy::WIDE_WORKGROUP_SIZE; the host may
+// override it (GpuOptions::wide_workgroup_size).
+override WG: u32 = 128u;
 
 var<workgroup> sh_max: array<f32, WG>;
 var<workgroup> sh_sum: array<f32, WG>;

@@ -287,3 +287,19 @@ fn bad_narrow_workgroup_size() {
         "narrow",
     );
 }
+
+/// And a wide workgroup size.
+#[test]
+fn bad_wide_workgroup_size() {
+    if gpu().is_none() {
+        return;
+    }
+    assert_workgroup_sizes_refused(
+        |size| GpuOptions {
+            wide_workgroup_size: Some(size),
+            ..Default::default()
+        },
+        &[0, 1, 48, 4096],
+        "wide",
+    );
+}

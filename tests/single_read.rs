@@ -199,6 +199,28 @@ fn single_read_matches_two_reads_at_other_narrow_workgroup_sizes() {
     }
 }
 
+/// The wide workgroup size is one override for the wide kernel and its
+/// single-read twin (and the row cache follows it): at 32 and at 512 one
+/// read and two still give the same bits.
+#[test]
+fn single_read_matches_two_reads_at_other_wide_workgroup_sizes() {
+    for size in [32, 512] {
+        let Some((once, twice)) = engines(GpuOptions {
+            kernel: Some(KernelVariant::Wide),
+            wide_workgroup_size: Some(size),
+            ..Default::default()
+        }) else {
+            return;
+        };
+        compare(
+            &once,
+            &twice,
+            &[(1, 3), (300, 70), (9, 1500)],
+            &format!("wide workgroups of {size}"),
+        );
+    }
+}
+
 /// Several rows per workgroup (the row cache refilled), several chunks
 /// (the weights pre-pass with group offsets), and a row as wide as the
 /// cache.

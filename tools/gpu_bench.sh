@@ -77,6 +77,9 @@ run_benches() {
     for wg in 32 64 256 512; do
         run --batch 1048576 --classes 10 --narrow-workgroup-size "$wg"
     done
+    for wg in 64 256 512 1024; do
+        run --batch 16384 --classes 4096 --kernel wide --wide-workgroup-size "$wg"
+    done
     # The subgroup kernel's scalar loads, against the vec4 default.
     for shape in "4096 1000" "16384 4096" "4096 32000"; do
         set -- $shape

@@ -64,9 +64,17 @@ pub struct GpuOptions {
     /// it, of its single-read twin and of the weights pre-pass, whose trees
     /// must match): a power of two from 32 to 1024 within the device's
     /// limits; `None` is 128. Each invocation takes a row, so it is also
-    /// the rows a narrow workgroup works on at once. For tuning
-    /// (`fused-loss bench --narrow-workgroup-size`).
+    /// the rows a narrow workgroup works on at once; a call over fewer rows
+    /// runs in the smallest power of two from 32 that holds them. For
+    /// tuning (`fused-loss bench --narrow-workgroup-size`).
     pub narrow_workgroup_size: Option<u32>,
+    /// The wide kernels' workgroup size (the override constant `WG` of
+    /// `cross_entropy_wide_tree.wgsl`, shared by the wide kernel, its
+    /// single-read twin and the split-row runs): a power of two from 32 to
+    /// 1024 within the device's limits; `None` is 128. The single-read row
+    /// cache shrinks by 20 bytes of workgroup memory per invocation. For
+    /// tuning (`fused-loss bench --wide-workgroup-size`).
+    pub wide_workgroup_size: Option<u32>,
     /// Runs to cut each row into when the batch has too few rows to fill
     /// the device (`cross_entropy_split_rows.wgsl`, then
     /// `cross_entropy_split_finish.wgsl`): `None` chooses (about as many
@@ -270,8 +278,10 @@ pub struct GpuContext {
     /// The device's subgroup sizes where it has `Features::SUBGROUP` (and
     /// so the subgroup kernel).
     subgroups: Option<SubgroupSizes>,
-    /// The narrow-family kernels' workgroup size.
+    /// The narrow-family kernels' workgroup size (small calls run smaller).
     narrow_workgroup: u32,
+    /// The wide kernels' workgroup size.
+    wide_workgroup: u32,
     vector_loads: bool,
     uniform_stride: u64,
     buffers: AsyncMutex<Buffers>,
@@ -407,13 +417,20 @@ impl GpuContext {
             Some(size) => checked_workgroup_size("narrow", size, &limits)?,
             None => ce::NARROW_WORKGROUP_SIZE,
         };
+        let wide_workgroup = match options.wide_workgroup_size {
+            Some(size) => checked_workgroup_size("wide", size, &limits)?,
+            None => ce::WIDE_WORKGROUP_SIZE,
+        };
         let device_type = device.adapter_info().device_type;
         let vector_loads = pipelines.has_vec4() && options.vector_loads.unwrap_or(true);
         let timer = (options.timestamps
             && device.features().contains(wgpu::Features::TIMESTAMP_QUERY))
         .then(|| Timer::new(&device, &queue));
         Ok(GpuContext {
-            row_cache: ce::row_cache_classes(limits.max_compute_workgroup_storage_size),
+            row_cache: ce::row_cache_classes(
+                limits.max_compute_workgroup_storage_size,
+                wide_workgroup,
+            ),
             device,
             queue,
             adapter: adapter.into(),
@@ -435,6 +452,7 @@ impl GpuContext {
             kernel: options.kernel,
             subgroups,
             narrow_workgroup,
+            wide_workgroup,
             vector_loads,
             uniform_stride,
             buffers: AsyncMutex::new(Buffers::default(), false),
@@ -745,10 +763,14 @@ impl GpuContext {
             element_bytes = element_bytes.max(gradient.size());
         }
         let narrow_workgroup = ce::narrow_workgroup_for(self.narrow_workgroup, batch);
+        let workgroups = ce::Workgroups {
+            subgroups: self.subgroup_sizes(),
+            narrow: narrow_workgroup,
+            wide: self.wide_workgroup,
+        };
         let mut chunks = ce::plan(
             variant,
-            self.subgroup_sizes(),
-            narrow_workgroup,
+            workgroups,
             batch,
             classes,
             if probabilities || single_read { 2 } else { 1 },
@@ -1445,6 +1467,8 @@ impl GpuContext {
         let variant = |kernel: Kernel| Variant {
             workgroup: if kernel.narrow_workgroup() {
                 call.narrow_workgroup
+            } else if kernel.wide_workgroup() {
+                self.wide_workgroup
             } else {
                 subgroup_workgroup
             },

@@ -7,8 +7,8 @@ use bytemuck::{Pod, Zeroable};
 
 use crate::error::{Error, Result};
 
-/// Threads per workgroup of the wide kernel; keep in sync with `WG` in
-/// `cross_entropy_wide.wgsl`.
+/// Threads per workgroup of the wide kernels by default; keep in sync with
+/// `WG` in `cross_entropy_wide_tree.wgsl`.
 pub(crate) const WIDE_WORKGROUP_SIZE: u32 = 128;
 /// Threads per workgroup of the narrow kernel; keep in sync with `WG` in
 /// `cross_entropy_narrow.wgsl`.
@@ -84,6 +84,16 @@ pub(crate) struct SubgroupSizes {
     pub workgroup: u32,
 }
 
+/// The workgroup sizes the planner sizes a call's workgroups by.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) struct Workgroups {
+    pub subgroups: SubgroupSizes,
+    /// The narrow kernel's (and the weights pre-pass's).
+    pub narrow: u32,
+    /// The wide kernels' (`cross_entropy_wide_tree.wgsl`).
+    pub wide: u32,
+}
+
 /// Classes a row may have for the single-read narrow kernel (its private
 /// row cache); keep in sync with `NARROW_CACHE` in
 /// `cross_entropy_fused_narrow.wgsl`.
@@ -91,15 +101,18 @@ pub(crate) const NARROW_CACHE_CLASSES: usize = 64;
 /// The single-read wide kernel caches at most this many classes.
 pub(crate) const MAX_ROW_CACHE_CLASSES: u32 = 4096;
 /// Workgroup memory the wide tree takes besides the row cache: five arrays
-/// of WIDE_WORKGROUP_SIZE words.
-const WIDE_TREE_BYTES: u32 = 5 * 4 * WIDE_WORKGROUP_SIZE;
+/// of a word per invocation.
+pub(crate) fn wide_tree_bytes(wide_workgroup: u32) -> u32 {
+    5 * 4 * wide_workgroup
+}
 
-/// The row cache of the single-read wide kernel for a device with
-/// `workgroup_bytes` of workgroup memory: a multiple of the workgroup size,
-/// at most [`MAX_ROW_CACHE_CLASSES`]; 0 when not even one stride fits.
-pub(crate) fn row_cache_classes(workgroup_bytes: u32) -> u32 {
-    let classes = workgroup_bytes.saturating_sub(WIDE_TREE_BYTES) / 4;
-    (classes / WIDE_WORKGROUP_SIZE * WIDE_WORKGROUP_SIZE).min(MAX_ROW_CACHE_CLASSES)
+/// The row cache of the single-read wide kernel in workgroups of
+/// `wide_workgroup` on a device with `workgroup_bytes` of workgroup memory:
+/// a multiple of the workgroup size, at most [`MAX_ROW_CACHE_CLASSES`]; 0
+/// when not even one stride fits.
+pub(crate) fn row_cache_classes(workgroup_bytes: u32, wide_workgroup: u32) -> u32 {
+    let classes = workgroup_bytes.saturating_sub(wide_tree_bytes(wide_workgroup)) / 4;
+    (classes / wide_workgroup * wide_workgroup).min(MAX_ROW_CACHE_CLASSES)
 }
 
 /// Whether one call can take the single-read path: logits (not
@@ -249,14 +262,21 @@ pub(crate) struct Chunk {
 
 /// The loop trips one row costs the invocations that work on it: the class
 /// loops plus, for the wide kernel, the workgroup trees.
-fn trips_per_row(variant: KernelVariant, classes: usize, passes: u64, sizes: SubgroupSizes) -> u64 {
+fn trips_per_row(variant: KernelVariant, classes: usize, passes: u64, sizes: Workgroups) -> u64 {
     match variant {
         KernelVariant::Wide => {
-            passes * (classes as u64).div_ceil(WIDE_WORKGROUP_SIZE as u64) + 2 * 8 + 4
+            passes * (classes as u64).div_ceil(sizes.wide as u64) + wide_tree_trips(sizes.wide)
         }
         KernelVariant::Narrow => passes * classes as u64 + 4,
-        KernelVariant::Subgroup => passes * (classes as u64).div_ceil(sizes.min as u64) + 4,
+        KernelVariant::Subgroup => {
+            passes * (classes as u64).div_ceil(sizes.subgroups.min as u64) + 4
+        }
     }
+}
+
+/// The trips of a wide row's two workgroup trees and its bookkeeping.
+fn wide_tree_trips(wide_workgroup: u32) -> u64 {
+    2 * (wide_workgroup.ilog2() as u64 + 1) + 4
 }
 
 /// The narrow workgroup size of a call over `batch` rows: `configured`, or
@@ -272,11 +292,13 @@ pub(crate) fn narrow_workgroup_for(configured: u32, batch: usize) -> u32 {
 /// Rows a workgroup works on at once: one for the wide kernel, an
 /// invocation each for the narrow one, and a subgroup each (counting the
 /// fewest subgroups a workgroup can have) for the subgroup kernel.
-fn rows_at_once(variant: KernelVariant, sizes: SubgroupSizes, narrow_workgroup: u32) -> usize {
+fn rows_at_once(variant: KernelVariant, sizes: Workgroups) -> usize {
     match variant {
         KernelVariant::Wide => 1,
-        KernelVariant::Narrow => narrow_workgroup as usize,
-        KernelVariant::Subgroup => (sizes.workgroup / sizes.max).max(1) as usize,
+        KernelVariant::Narrow => sizes.narrow as usize,
+        KernelVariant::Subgroup => {
+            (sizes.subgroups.workgroup / sizes.subgroups.max).max(1) as usize
+        }
     }
 }
 
@@ -288,12 +310,14 @@ pub(crate) fn max_classes(
     passes: u64,
     max_binding_bytes: u64,
     element_bytes: u64,
-    sizes: SubgroupSizes,
+    sizes: Workgroups,
 ) -> usize {
     let by_trips = match variant {
-        KernelVariant::Wide => (TRIP_BUDGET - 20) / passes * WIDE_WORKGROUP_SIZE as u64,
+        KernelVariant::Wide => {
+            (TRIP_BUDGET - wide_tree_trips(sizes.wide)) / passes * sizes.wide as u64
+        }
         KernelVariant::Narrow => (TRIP_BUDGET - 4) / passes,
-        KernelVariant::Subgroup => subgroup_max_classes(passes, sizes) as u64,
+        KernelVariant::Subgroup => subgroup_max_classes(passes, sizes.subgroups) as u64,
     };
     by_trips.min(max_binding_bytes / element_bytes) as usize
 }
@@ -301,14 +325,13 @@ pub(crate) fn max_classes(
 /// Cuts `batch` rows into chunks whose `[B, C]` arrays (`element_bytes` per
 /// element in the widest) fit `max_binding_bytes` and chooses each chunk's
 /// workgroups as `grouping` says, within the loop-trip budget, for narrow
-/// workgroups of `narrow_workgroup` invocations. Every chunk but the last
+/// workgroups of `sizes`. Every chunk but the last
 /// has a multiple of `row_multiple` rows, so that chunk offsets inside one
 /// buffer stay aligned.
 #[allow(clippy::too_many_arguments)]
 pub(crate) fn plan(
     variant: KernelVariant,
-    sizes: SubgroupSizes,
-    narrow_workgroup: u32,
+    sizes: Workgroups,
     batch: usize,
     classes: usize,
     passes: u64,
@@ -337,7 +360,7 @@ pub(crate) fn plan(
         });
     }
     // Rows one invocation walks per workgroup row.
-    let lanes = rows_at_once(variant, sizes, narrow_workgroup);
+    let lanes = rows_at_once(variant, sizes);
     let max_rows_per_group =
         lanes * (TRIP_BUDGET / trips_per_row(variant, classes, passes, sizes)).max(1) as usize;
     let mut chunks = Vec::new();
@@ -519,10 +542,14 @@ pub(crate) fn reduction_code(reduction: crate::Reduction) -> u32 {
 mod tests {
     use super::*;
 
-    const LAVAPIPE: SubgroupSizes = SubgroupSizes {
-        min: 8,
-        max: 8,
-        workgroup: SUBGROUP_WORKGROUP_SIZE,
+    const LAVAPIPE: Workgroups = Workgroups {
+        subgroups: SubgroupSizes {
+            min: 8,
+            max: 8,
+            workgroup: SUBGROUP_WORKGROUP_SIZE,
+        },
+        narrow: NARROW_WORKGROUP_SIZE,
+        wide: WIDE_WORKGROUP_SIZE,
     };
 
     #[test]
@@ -530,7 +557,6 @@ mod tests {
         let chunks = plan(
             KernelVariant::Wide,
             LAVAPIPE,
-            NARROW_WORKGROUP_SIZE,
             64,
             600_000,
             1,
@@ -554,24 +580,28 @@ mod tests {
             KernelVariant::Narrow,
             KernelVariant::Subgroup,
         ];
-        let wide = SubgroupSizes {
-            min: 4,
-            max: 128,
-            workgroup: 1024,
+        let small = Workgroups {
+            narrow: 32,
+            wide: 32,
+            ..LAVAPIPE
+        };
+        let large = Workgroups {
+            subgroups: SubgroupSizes {
+                min: 4,
+                max: 128,
+                workgroup: 1024,
+            },
+            narrow: 1024,
+            wide: 1024,
         };
         for classes in [1, 10, 64, 1000, 50_000, 600_000] {
-            for (variant, sizes, narrow) in variants.into_iter().flat_map(|v| {
-                [
-                    (LAVAPIPE, 32),
-                    (LAVAPIPE, NARROW_WORKGROUP_SIZE),
-                    (wide, 1024),
-                ]
-                .map(|(s, n)| (v, s, n))
-            }) {
+            for (variant, sizes) in variants
+                .into_iter()
+                .flat_map(|v| [small, LAVAPIPE, large].map(|s| (v, s)))
+            {
                 let Ok(chunks) = plan(
                     variant,
                     sizes,
-                    narrow,
                     200_000,
                     classes,
                     2,
@@ -584,7 +614,7 @@ mod tests {
                     continue;
                 };
                 // The fewest rows at once means the most rows per invocation.
-                let lanes = rows_at_once(variant, sizes, narrow) as u64;
+                let lanes = rows_at_once(variant, sizes) as u64;
                 for chunk in chunks {
                     let rows_per_invocation = (chunk.rows_per_group as u64).div_ceil(lanes);
                     let trips = rows_per_invocation * trips_per_row(variant, classes, 2, sizes);
@@ -611,7 +641,11 @@ mod tests {
             (1024, usize::MAX, 1024),
         ];
         for (configured, batch, size) in cases {
-            assert_eq!(narrow_workgroup_for(configured, batch), size, "{batch} rows");
+            assert_eq!(
+                narrow_workgroup_for(configured, batch),
+                size,
+                "{batch} rows"
+            );
         }
     }
 
@@ -621,7 +655,6 @@ mod tests {
         let chunks = plan(
             KernelVariant::Narrow,
             LAVAPIPE,
-            NARROW_WORKGROUP_SIZE,
             1000,
             10,
             1,
@@ -641,7 +674,6 @@ mod tests {
             plan(
                 KernelVariant::Wide,
                 LAVAPIPE,
-                NARROW_WORKGROUP_SIZE,
                 1,
                 100_000_000,
                 1,
@@ -656,9 +688,12 @@ mod tests {
 
     #[test]
     fn row_cache_follows_workgroup_memory() {
-        assert_eq!(row_cache_classes(16_384), 3456);
-        assert_eq!(row_cache_classes(32_768), MAX_ROW_CACHE_CLASSES);
-        assert_eq!(row_cache_classes(2048), 0);
+        assert_eq!(row_cache_classes(16_384, 128), 3456);
+        assert_eq!(row_cache_classes(16_384, 256), 2816);
+        assert_eq!(row_cache_classes(16_384, 32), 3936);
+        assert_eq!(row_cache_classes(32_768, 128), MAX_ROW_CACHE_CLASSES);
+        assert_eq!(row_cache_classes(2048, 128), 0);
+        assert_eq!(row_cache_classes(16_384, 1024), 0);
         assert!(single_read_fits(KernelVariant::Wide, 3456, 3456, 2));
         assert!(!single_read_fits(KernelVariant::Wide, 3457, 3456, 1));
         assert!(!single_read_fits(KernelVariant::Wide, 33, 3456, 2));
@@ -671,7 +706,6 @@ mod tests {
         let f32_chunks = plan(
             KernelVariant::Narrow,
             LAVAPIPE,
-            NARROW_WORKGROUP_SIZE,
             1000,
             10,
             1,
@@ -684,7 +718,6 @@ mod tests {
         let half_chunks = plan(
             KernelVariant::Narrow,
             LAVAPIPE,
-            NARROW_WORKGROUP_SIZE,
             1000,
             10,
             1,

@@ -139,6 +139,7 @@ impl Variant {
         let default = match v.kernel {
             Kernel::Subgroup | Kernel::SubgroupVec4 => Some(ce::SUBGROUP_WORKGROUP_SIZE),
             kernel if kernel.narrow_workgroup() => Some(ce::NARROW_WORKGROUP_SIZE),
+            kernel if kernel.wide_workgroup() => Some(ce::WIDE_WORKGROUP_SIZE),
             Kernel::Reduce => Some(reduce_partials::WORKGROUP_SIZE),
             _ => None,
         };
@@ -284,6 +285,16 @@ impl Kernel {
         matches!(
             self,
             Kernel::Narrow | Kernel::FusedNarrow | Kernel::FusedNarrowInPlace | Kernel::Weights
+        )
+    }
+
+    /// Whether the kernel runs in workgroups of the wide kernel's size
+    /// (`GpuOptions::wide_workgroup_size`): those built on
+    /// `cross_entropy_wide_tree.wgsl`.
+    pub(crate) fn wide_workgroup(self) -> bool {
+        matches!(
+            self,
+            Kernel::Wide | Kernel::FusedWide | Kernel::FusedWideInPlace | Kernel::SplitRows
         )
     }
 
@@ -592,7 +603,7 @@ mod tests {
             )));
         }
         assert!(cross_entropy::WIDE_TREE_SHADER.contains(&format!(
-            "const WG: u32 = {}u;",
+            "override WG: u32 = {}u;",
             cross_entropy::WIDE_WORKGROUP_SIZE
         )));
         assert!(cross_entropy::SPLIT_FINISH_SHADER.contains(&format!(

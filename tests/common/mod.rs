@@ -25,28 +25,30 @@ pub fn gpu_with(options: GpuOptions) -> Option<Engine> {
 /// every variant is compared with the reference; the subgroup kernel both
 /// with scalar and with vec4 loads.
 pub fn gpu_variants() -> Vec<Engine> {
-    // The subgroup kernel with scalar loads in workgroups of 32 and with
-    // vec4 loads in workgroups of 256, the narrow kernel in workgroups of
-    // 64 (the defaults, 128 each, run in `gpu()`).
-    [
-        (KernelVariant::Wide, None, None, None),
-        (KernelVariant::Narrow, None, None, Some(64)),
-        (KernelVariant::Subgroup, Some(false), Some(32), None),
-        (KernelVariant::Subgroup, Some(true), Some(256), None),
-    ]
-    .into_iter()
-    .filter_map(
-        |(kernel, vector_loads, subgroup_workgroup_size, narrow_workgroup_size)| {
-            gpu_with(GpuOptions {
-                kernel: Some(kernel),
-                vector_loads,
-                subgroup_workgroup_size,
-                narrow_workgroup_size,
-                ..Default::default()
-            })
-        },
-    )
-    .collect()
+    // The wide kernel in workgroups of 256, the narrow kernel in
+    // workgroups of 64, the subgroup kernel with scalar loads in workgroups
+    // of 32 and with vec4 loads in workgroups of 256 (the defaults, 128
+    // each, run in `gpu()`).
+    let wide = GpuOptions {
+        kernel: Some(KernelVariant::Wide),
+        wide_workgroup_size: Some(256),
+        ..Default::default()
+    };
+    let narrow = GpuOptions {
+        kernel: Some(KernelVariant::Narrow),
+        narrow_workgroup_size: Some(64),
+        ..Default::default()
+    };
+    let subgroup = |vector_loads, size| GpuOptions {
+        kernel: Some(KernelVariant::Subgroup),
+        vector_loads: Some(vector_loads),
+        subgroup_workgroup_size: Some(size),
+        ..Default::default()
+    };
+    [wide, narrow, subgroup(false, 32), subgroup(true, 256)]
+        .into_iter()
+        .filter_map(gpu_with)
+        .collect()
 }
 
 /// A small deterministic generator (SplitMix64) so tests need no seeds crate.

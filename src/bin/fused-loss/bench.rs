@@ -79,6 +79,10 @@ pub struct BenchArgs {
     /// of two from 32 to 1024)
     #[arg(long, value_name = "N")]
     narrow_workgroup_size: Option<u32>,
+    /// The wide kernels' workgroup size (their override constant; a power
+    /// of two from 32 to 1024)
+    #[arg(long, value_name = "N")]
+    wide_workgroup_size: Option<u32>,
     /// Runs to cut each row into (GPU; 1 never splits; default: split only
     /// rows too few to fill the device)
     #[arg(long, value_name = "S", value_parser = clap::value_parser!(u32).range(1..))]
@@ -314,6 +318,7 @@ fn bench_gpu(args: &BenchArgs, spec: &CrossEntropy, batch: &Batch<'_>) -> Result
         rows_per_group: args.rows_per_group,
         subgroup_workgroup_size: args.workgroup_size,
         narrow_workgroup_size: args.narrow_workgroup_size,
+        wide_workgroup_size: args.wide_workgroup_size,
         row_segments: args.row_segments,
         vector_loads: args.vector_loads,
         ..Default::default()
