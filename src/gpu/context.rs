@@ -101,6 +101,8 @@ struct Buffers {
     staging: Option<wgpu::Buffer>,
     segments: Option<wgpu::Buffer>,
     bind_groups: BindGroupCache,
+    /// The bind groups of the last resident call, and so its buffers.
+    resident_bind_groups: BindGroupCache,
     /// Staging for calls whose host inputs fit [`BELT_CHUNK`].
     belt: Option<wgpu::util::StagingBelt>,
 }
@@ -136,14 +138,17 @@ struct BindGroupKey {
     entries: Vec<(u32, wgpu::Buffer, u64, Option<NonZeroU64>)>,
 }
 
-/// The bind groups of earlier host-slice calls: a call that binds the same
-/// pool buffers at the same sizes reuses them instead of creating new ones.
+/// The bind groups of earlier calls: a call that binds the same buffers at
+/// the same sizes reuses them instead of creating new ones.
 #[derive(Default)]
 struct BindGroupCache {
-    groups: std::collections::HashMap<BindGroupKey, wgpu::BindGroup>,
+    /// Each group with the call that last used it.
+    groups: std::collections::HashMap<BindGroupKey, (wgpu::BindGroup, u64)>,
     /// The context's count of pool buffers created when the cache last
     /// dropped groups over buffers the pool had let go.
     pool_version: u64,
+    /// Calls recorded with this cache.
+    calls: u64,
 }
 
 impl BindGroupCache {
@@ -158,6 +163,12 @@ impl BindGroupCache {
                 .iter()
                 .all(|(_, buffer, _, _)| placeholders.contains(&buffer) || pool.contains(buffer))
         });
+    }
+
+    /// Forgets the groups the last call did not use.
+    fn retain_last_call(&mut self) {
+        let last = self.calls;
+        self.groups.retain(|_, (_, call)| *call == last);
     }
 }
 
@@ -603,10 +614,10 @@ impl GpuContext {
     /// How many pool buffers and bind groups the context has created. Calls
     /// that fit the pool and repeat an earlier call's bindings (same batch
     /// layout and options) create none: the count stays put in steady state.
-    /// Resident calls ([`GpuContext::submit_resident`]) make their bind
-    /// groups anew each time, since the caller's buffers may change and a
-    /// kept group would keep them alive; they create no buffers in steady
-    /// state ([`GpuContext::buffers_created`]).
+    /// Resident calls ([`GpuContext::submit_resident`]) reuse the bind
+    /// groups of the last resident call where it bound the same buffers;
+    /// only those are kept, so the context holds a caller's buffer at most
+    /// until the next resident call.
     pub fn objects_created(&self) -> u64 {
         self.buffers_created() + self.bind_groups_created.load(Ordering::Relaxed)
     }
@@ -980,7 +991,18 @@ impl GpuContext {
                 mapped_at_creation: false,
             })
         });
-        let mut encoder = self.record(&call, &bindings, in_place, None, encoder);
+        // The last resident call's groups serve this one where it binds the
+        // same buffers (a training loop's usual case); no others are kept,
+        // so the context holds no caller buffer past the next call.
+        buffers.resident_bind_groups.calls += 1;
+        let mut encoder = self.record(
+            &call,
+            &bindings,
+            in_place,
+            &mut buffers.resident_bind_groups,
+            encoder,
+        );
+        buffers.resident_bind_groups.retain_last_call();
         encoder.copy_buffer_to_buffer(
             &bindings.partials.buffer,
             call.final_partial as u64 * partial_size,
@@ -1383,13 +1405,7 @@ impl GpuContext {
                 .retain_pool(&pool, [&self.placeholder, &self.placeholder_writable]);
             buffers.bind_groups.pool_version = pool_version;
         }
-        let mut encoder = self.record(
-            call,
-            &bindings,
-            in_place,
-            Some(&mut buffers.bind_groups),
-            encoder,
-        );
+        let mut encoder = self.record(call, &bindings, in_place, &mut buffers.bind_groups, encoder);
         encoder.copy_buffer_to_buffer(&bindings.per_example.buffer, 0, &staging, 0, batch_bytes);
         encoder.copy_buffer_to_buffer(
             &bindings.partials.buffer,
@@ -1442,12 +1458,12 @@ impl GpuContext {
         call: &Call<'_>,
         b: &Bindings,
         in_place: bool,
-        mut cache: Option<&mut BindGroupCache>,
+        cache: &mut BindGroupCache,
         mut encoder: wgpu::CommandEncoder,
     ) -> wgpu::CommandEncoder {
         let device = &self.device;
         let mut bind_group = |kernel: Kernel, entries: &[wgpu::BindGroupEntry<'_>]| {
-            self.bind_group(cache.as_deref_mut(), kernel, entries)
+            self.bind_group(cache, kernel, entries)
         };
         let stride = self.uniform_stride;
         let slot = |index: usize| (index as u64 * stride) as u32;
@@ -1565,7 +1581,7 @@ impl GpuContext {
         );
         let pipeline = |kernel: Kernel| self.pipelines.get(device, variant(kernel));
         // Each pass in its own pipeline: a last pass over few partials
-        // runs in a smaller workgroup (the same bits).
+        // runs in a smaller workgroup.
         let reduce_dispatch =
             |pass: &mut wgpu::ComputePass<'_>, params: &reduce_partials::Params, slot: u32| {
                 let workgroup = reduce_partials::pass_workgroup(params.count);
@@ -1655,7 +1671,7 @@ impl GpuContext {
     /// an earlier call made the same one, else new (and kept there).
     fn bind_group(
         &self,
-        cache: Option<&mut BindGroupCache>,
+        cache: &mut BindGroupCache,
         kernel: Kernel,
         entries: &[wgpu::BindGroupEntry<'_>],
     ) -> wgpu::BindGroup {
@@ -1666,9 +1682,6 @@ impl GpuContext {
                 layout: self.pipelines.layout(kernel),
                 entries,
             })
-        };
-        let Some(cache) = cache else {
-            return create();
         };
         let key = BindGroupKey {
             kernel,
@@ -1685,7 +1698,10 @@ impl GpuContext {
         if cache.groups.len() >= BindGroupCache::CAPACITY && !cache.groups.contains_key(&key) {
             cache.groups.clear();
         }
-        cache.groups.entry(key).or_insert_with(create).clone()
+        let call = cache.calls;
+        let (group, used) = cache.groups.entry(key).or_insert_with(|| (create(), call));
+        *used = call;
+        group.clone()
     }
 }
 

@@ -41,8 +41,8 @@ pub(crate) fn plan(count: u32) -> (Vec<Params>, u32) {
 
 /// The workgroup size of a pass over `count` partials: [`WORKGROUP_SIZE`],
 /// or for a last pass over fewer, the smallest power of two that holds them
-/// (at least 32). Padding the tree with identity partials changes no bit of
-/// the result, and a smaller tree costs less where barriers are dear.
+/// (at least 32). The smaller tree only drops identity partials, whose exact
+/// zeros change no sum, and costs less where barriers are dear.
 pub(crate) fn pass_workgroup(count: u32) -> u32 {
     count
         .next_power_of_two()
