@@ -63,6 +63,30 @@ fn row_of_six_hundred_thousand_classes_beyond_the_binding_limit() {
     assert_eq!(bits(&out), bits(&again));
 }
 
+/// Rows past the loop budget at the context's wide workgroup size run in
+/// larger workgroups: 4,000,000 classes, more than 128 invocations may walk
+/// within lavapipe's loop limit, cut into runs (the default) and whole.
+#[test]
+fn rows_past_the_loop_budget_run_in_larger_wide_workgroups() {
+    let (b, c) = (2, 4_000_000);
+    let mut rng = Rng::new(4_000_000);
+    let logits = rng.logits(b * c, 8.0);
+    let labels = rng.labels(b, c);
+    let batch = Batch::with_labels(&logits, c, &labels);
+    let spec = CrossEntropy::new().with_label_smoothing(0.05);
+    for row_segments in [None, Some(1)] {
+        let Some(engine) = gpu_with(GpuOptions {
+            row_segments,
+            ..Default::default()
+        }) else {
+            return;
+        };
+        let out = engine.compute_blocking(&spec, &batch).unwrap();
+        assert_matches_reference(&spec, &batch, &out.per_example);
+        assert_rel(out.stats.sum, exact_sum(&out.per_example), 1e-12, "sum");
+    }
+}
+
 #[test]
 fn repeated_runs_are_bit_identical_across_options() {
     let Some(engine) = gpu() else { return };

@@ -71,9 +71,13 @@ pub struct GpuOptions {
     /// The wide kernels' workgroup size (the override constant `WG` of
     /// `cross_entropy_wide_tree.wgsl`, shared by the wide kernel, its
     /// single-read twin and the split-row runs): a power of two from 32 to
-    /// 1024 within the device's limits; `None` is 128. The single-read row
-    /// cache shrinks by 20 bytes of workgroup memory per invocation. For
-    /// tuning (`fused-loss bench --wide-workgroup-size`).
+    /// 1024 within the device's limits; `None` is 128, or 32 on a CPU-type
+    /// adapter such as lavapipe (whose barriers cost each batch of
+    /// invocations). A call whose rows would pass the loop budget at this
+    /// size runs in the smallest larger one that holds them, up to what the
+    /// device allows. The single-read row cache shrinks by 20 bytes of
+    /// workgroup memory per invocation. For tuning (`fused-loss bench
+    /// --wide-workgroup-size`).
     pub wide_workgroup_size: Option<u32>,
     /// Runs to cut each row into when the batch has too few rows to fill
     /// the device (`cross_entropy_split_rows.wgsl`, then
@@ -291,8 +295,10 @@ pub struct GpuContext {
     subgroups: Option<SubgroupSizes>,
     /// The narrow-family kernels' workgroup size (small calls run smaller).
     narrow_workgroup: u32,
-    /// The wide kernels' workgroup size.
+    /// The wide kernels' workgroup size (rows too long for the loop budget
+    /// at it run larger, up to `max_wide_workgroup`).
     wide_workgroup: u32,
+    max_wide_workgroup: u32,
     vector_loads: bool,
     uniform_stride: u64,
     buffers: AsyncMutex<Buffers>,
@@ -417,22 +423,33 @@ impl GpuContext {
             * 256;
         let uniform_stride = (limits.min_uniform_buffer_offset_alignment as u64).max(64);
         let native_f16 = device.features().contains(wgpu::Features::SHADER_F16);
+        let partial_bytes = std::mem::size_of::<Partial>() as u64;
         let subgroups = match (pipelines.subgroups(), options.subgroup_workgroup_size) {
             (Some(sizes), Some(size)) => Some(SubgroupSizes {
-                workgroup: checked_workgroup_size("subgroup", size, &limits)?,
+                workgroup: checked_workgroup_size("subgroup", size, partial_bytes, &limits)?,
                 ..sizes
             }),
             (sizes, _) => sizes,
         };
         let narrow_workgroup = match options.narrow_workgroup_size {
-            Some(size) => checked_workgroup_size("narrow", size, &limits)?,
+            Some(size) => checked_workgroup_size("narrow", size, partial_bytes, &limits)?,
             None => ce::NARROW_WORKGROUP_SIZE,
         };
+        let device_type = device.adapter_info().device_type;
+        let wide_tree_bytes = ce::wide_tree_bytes(1) as u64;
         let wide_workgroup = match options.wide_workgroup_size {
-            Some(size) => checked_workgroup_size("wide", size, &limits)?,
+            Some(size) => checked_workgroup_size("wide", size, wide_tree_bytes, &limits)?,
+            None if device_type == wgpu::DeviceType::Cpu => ce::CPU_WIDE_WORKGROUP_SIZE,
             None => ce::WIDE_WORKGROUP_SIZE,
         };
-        let device_type = device.adapter_info().device_type;
+        // The largest wide workgroup the device takes, for rows too long
+        // for the loop budget at `wide_workgroup`.
+        let max_wide_workgroup = (ce::MIN_WORKGROUP_SIZE..=1024)
+            .rev()
+            .filter(|size| size.is_power_of_two())
+            .find(|&size| checked_workgroup_size("wide", size, wide_tree_bytes, &limits).is_ok())
+            .unwrap_or(wide_workgroup)
+            .max(wide_workgroup);
         let vector_loads = pipelines.has_vec4() && options.vector_loads.unwrap_or(true);
         let timer = (options.timestamps
             && device.features().contains(wgpu::Features::TIMESTAMP_QUERY))
@@ -464,6 +481,7 @@ impl GpuContext {
             subgroups,
             narrow_workgroup,
             wide_workgroup,
+            max_wide_workgroup,
             vector_loads,
             uniform_stride,
             buffers: AsyncMutex::new(Buffers::default(), false),
@@ -554,6 +572,26 @@ impl GpuContext {
     /// forced one where it can, else the default.
     pub fn kernel_for(&self, classes: usize) -> KernelVariant {
         self.variant(classes, 1)
+    }
+
+    /// The kernel that computes a call of `spec` on rows of `classes`
+    /// logits: [`GpuContext::kernel_for`], except that probabilities take
+    /// two passes over each row (which can push a long row past the
+    /// subgroup kernel's loop budget), and a gradient of logit rows that fit
+    /// the single-read row cache runs on the wide kernel.
+    pub fn kernel_for_spec(&self, spec: &CrossEntropy, classes: usize) -> KernelVariant {
+        let probabilities = spec.input == InputKind::Probabilities;
+        let variant = self.variant(classes, if probabilities { 2 } else { 1 });
+        if variant == KernelVariant::Subgroup
+            && spec.gradient
+            && !probabilities
+            && classes <= self.row_cache as usize
+        {
+            // Gradient rows that fit workgroup memory take the wide kernel,
+            // read once or twice alike (the same bits either way).
+            return KernelVariant::Wide;
+        }
+        variant
     }
 
     /// The kernel for rows of `classes` with `passes` passes over each row.
@@ -745,16 +783,7 @@ impl GpuContext {
     ) -> Result<Call<'a>> {
         let (batch, classes) = (shape.batch, shape.classes);
         let probabilities = spec.input == InputKind::Probabilities;
-        let mut variant = self.variant(classes, if probabilities { 2 } else { 1 });
-        if variant == KernelVariant::Subgroup
-            && spec.gradient
-            && !probabilities
-            && classes <= self.row_cache as usize
-        {
-            // Gradient rows that fit workgroup memory take the wide kernel,
-            // read once or twice alike (the same bits either way).
-            variant = KernelVariant::Wide;
-        }
+        let variant = self.kernel_for_spec(spec, classes);
         let logits = Storage::of(dtype, self.native_f16);
         let gradient = Storage::of(
             spec.gradient_dtype.resolve(dtype, in_place),
@@ -774,17 +803,23 @@ impl GpuContext {
             element_bytes = element_bytes.max(gradient.size());
         }
         let narrow_workgroup = ce::narrow_workgroup_for(self.narrow_workgroup, batch);
+        let passes = if probabilities || single_read { 2 } else { 1 };
         let workgroups = ce::Workgroups {
             subgroups: self.subgroup_sizes(),
             narrow: narrow_workgroup,
-            wide: self.wide_workgroup,
+            wide: ce::wide_workgroup_for(
+                self.wide_workgroup,
+                self.max_wide_workgroup,
+                classes,
+                passes,
+            ),
         };
         let mut chunks = ce::plan(
             variant,
             workgroups,
             batch,
             classes,
-            if probabilities || single_read { 2 } else { 1 },
+            passes,
             self.max_binding_bytes,
             element_bytes as u64,
             self.grouping,
@@ -823,6 +858,7 @@ impl GpuContext {
             weights_partial,
             segments,
             narrow_workgroup,
+            wide_workgroup: workgroups.wide,
         })
     }
 
@@ -1484,7 +1520,7 @@ impl GpuContext {
             workgroup: if kernel.narrow_workgroup() {
                 call.narrow_workgroup
             } else if kernel.wide_workgroup() {
-                self.wide_workgroup
+                call.wide_workgroup
             } else {
                 subgroup_workgroup
             },
@@ -1705,11 +1741,16 @@ impl GpuContext {
     }
 }
 
-/// `size` if the `kernel` (subgroup or narrow) kernel can run with that
-/// many invocations a workgroup on a device with `limits` (a power of two
-/// from 32 to 1024, one partial of workgroup memory each).
-fn checked_workgroup_size(kernel: &str, size: u32, limits: &wgpu::Limits) -> Result<u32> {
-    let memory = size as u64 * std::mem::size_of::<Partial>() as u64;
+/// `size` if it is a power of two from 32 to 1024 that the device's limits
+/// allow for a kernel whose tree takes `bytes_per_invocation` of workgroup
+/// memory per invocation.
+fn checked_workgroup_size(
+    kernel: &str,
+    size: u32,
+    bytes_per_invocation: u64,
+    limits: &wgpu::Limits,
+) -> Result<u32> {
+    let memory = size as u64 * bytes_per_invocation;
     if !size.is_power_of_two()
         || !(ce::MIN_WORKGROUP_SIZE..=1024).contains(&size)
         || size > limits.max_compute_invocations_per_workgroup
@@ -1999,6 +2040,8 @@ struct Call<'a> {
     /// The workgroup size of the kernels that share the narrow kernel's
     /// (`ce::narrow_workgroup_for`).
     narrow_workgroup: u32,
+    /// The wide kernels' (`ce::wide_workgroup_for`).
+    wide_workgroup: u32,
 }
 
 impl Call<'_> {

@@ -369,7 +369,9 @@ fn bench_gpu(args: &BenchArgs, spec: &CrossEntropy, batch: &Batch<'_>) -> Result
     }
     let some_median = |v: Vec<Duration>| (!v.is_empty()).then(|| median(v));
     Ok(Report {
-        kernel_name: Some(format!("{:?}", context.kernel_for(batch.classes)).to_lowercase()),
+        kernel_name: Some(
+            format!("{:?}", context.kernel_for_spec(spec, batch.classes)).to_lowercase(),
+        ),
         backend: "gpu",
         adapter: context.adapter().to_string(),
         kernel: some_median(kernel),
