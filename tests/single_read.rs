@@ -85,6 +85,14 @@ fn case(rng: &mut Rng, b: usize, c: usize) -> Case {
     }
 }
 
+/// [`compare`] on the two engines of `options` (nothing where no GPU is
+/// found and none is required).
+fn compare_with(options: GpuOptions, shapes: &[(usize, usize)], label: &str) {
+    if let Some((once, twice)) = engines(options) {
+        compare(&once, &twice, shapes, label);
+    }
+}
+
 /// Runs every combination on one pair of engines.
 fn compare(once: &Engine, twice: &Engine, shapes: &[(usize, usize)], label: &str) {
     let mut rng = Rng::new(0x5e11);
@@ -149,21 +157,17 @@ fn compare(once: &Engine, twice: &Engine, shapes: &[(usize, usize)], label: &str
 fn single_read_is_bit_identical_to_two_reads() {
     for kernel in [KernelVariant::Narrow, KernelVariant::Wide] {
         for in_place in [false, true] {
-            let Some((once, twice)) = engines(GpuOptions {
-                kernel: Some(kernel),
-                gradient_in_place: in_place,
-                ..Default::default()
-            }) else {
-                return;
-            };
             let shapes: &[(usize, usize)] = match kernel {
                 // Narrow: several rows per thread and per workgroup.
                 KernelVariant::Narrow => &[(1, 1), (300, 10), (7, 33), (50, 64)],
                 _ => &[(1, 1), (40, 1000), (6, 257)],
             };
-            compare(
-                &once,
-                &twice,
+            compare_with(
+                GpuOptions {
+                    kernel: Some(kernel),
+                    gradient_in_place: in_place,
+                    ..Default::default()
+                },
                 shapes,
                 &format!("{kernel:?} in_place={in_place}"),
             );
@@ -178,20 +182,16 @@ fn single_read_is_bit_identical_to_two_reads() {
 fn single_read_matches_two_reads_at_other_narrow_workgroup_sizes() {
     for size in [32, 256] {
         for kernel in [KernelVariant::Narrow, KernelVariant::Wide] {
-            let Some((once, twice)) = engines(GpuOptions {
-                kernel: Some(kernel),
-                narrow_workgroup_size: Some(size),
-                ..Default::default()
-            }) else {
-                return;
-            };
             let shapes: &[(usize, usize)] = match kernel {
                 KernelVariant::Narrow => &[(1, 3), (700, 10), (50, 64)],
                 _ => &[(300, 70)],
             };
-            compare(
-                &once,
-                &twice,
+            compare_with(
+                GpuOptions {
+                    kernel: Some(kernel),
+                    narrow_workgroup_size: Some(size),
+                    ..Default::default()
+                },
                 shapes,
                 &format!("{kernel:?}, narrow workgroups of {size}"),
             );
@@ -205,16 +205,12 @@ fn single_read_matches_two_reads_at_other_narrow_workgroup_sizes() {
 #[test]
 fn single_read_matches_two_reads_at_other_wide_workgroup_sizes() {
     for size in [32, 512] {
-        let Some((once, twice)) = engines(GpuOptions {
-            kernel: Some(KernelVariant::Wide),
-            wide_workgroup_size: Some(size),
-            ..Default::default()
-        }) else {
-            return;
-        };
-        compare(
-            &once,
-            &twice,
+        compare_with(
+            GpuOptions {
+                kernel: Some(KernelVariant::Wide),
+                wide_workgroup_size: Some(size),
+                ..Default::default()
+            },
             &[(1, 3), (300, 70), (9, 1500)],
             &format!("wide workgroups of {size}"),
         );
@@ -226,28 +222,25 @@ fn single_read_matches_two_reads_at_other_wide_workgroup_sizes() {
 /// cache.
 #[test]
 fn single_read_walks_rows_and_chunks_like_two_reads() {
-    let Some((once, twice)) = engines(GpuOptions {
-        kernel: Some(KernelVariant::Wide),
-        rows_per_group: Some(3),
-        max_binding_bytes: Some(16 << 10),
-        ..Default::default()
-    }) else {
-        return;
-    };
-    compare(
-        &once,
-        &twice,
+    compare_with(
+        GpuOptions {
+            kernel: Some(KernelVariant::Wide),
+            rows_per_group: Some(3),
+            max_binding_bytes: Some(16 << 10),
+            ..Default::default()
+        },
         &[(29, 70), (5, 2000)],
         "wide, 3 rows a group, chunked",
     );
-    let Some((once, twice)) = engines(GpuOptions {
-        kernel: Some(KernelVariant::Narrow),
-        max_binding_bytes: Some(2048),
-        ..Default::default()
-    }) else {
-        return;
-    };
-    compare(&once, &twice, &[(500, 12), (301, 7)], "narrow, chunked");
+    compare_with(
+        GpuOptions {
+            kernel: Some(KernelVariant::Narrow),
+            max_binding_bytes: Some(2048),
+            ..Default::default()
+        },
+        &[(500, 12), (301, 7)],
+        "narrow, chunked",
+    );
     let Some((once, twice)) = engines(GpuOptions::default()) else {
         return;
     };
