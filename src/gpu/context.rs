@@ -450,6 +450,14 @@ impl GpuContext {
             .find(|&size| checked_workgroup_size("wide", size, wide_tree_bytes, &limits).is_ok())
             .unwrap_or(wide_workgroup)
             .max(wide_workgroup);
+        pipelines.build_up_front(
+            &device,
+            ce::Workgroups {
+                subgroups: subgroups.unwrap_or(SubgroupSizes::NONE),
+                narrow: narrow_workgroup,
+                wide: wide_workgroup,
+            },
+        );
         let vector_loads = pipelines.has_vec4() && options.vector_loads.unwrap_or(true);
         let timer = (options.timestamps
             && device.features().contains(wgpu::Features::TIMESTAMP_QUERY))
@@ -604,11 +612,7 @@ impl GpuContext {
     /// The device's subgroup sizes (a placeholder where it has none: the
     /// planner only reads them for the subgroup kernel).
     fn subgroup_sizes(&self) -> SubgroupSizes {
-        self.subgroups.unwrap_or(SubgroupSizes {
-            min: 1,
-            max: 1,
-            workgroup: ce::SUBGROUP_WORKGROUP_SIZE,
-        })
+        self.subgroups.unwrap_or(SubgroupSizes::NONE)
     }
 
     /// Whether calls are timed with timestamp queries ([`GpuOptions::timestamps`]

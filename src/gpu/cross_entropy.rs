@@ -88,6 +88,16 @@ pub(crate) struct SubgroupSizes {
     pub workgroup: u32,
 }
 
+impl SubgroupSizes {
+    /// Stands in where the device has no subgroups (and so no subgroup
+    /// kernel, the only reader of these sizes).
+    pub(crate) const NONE: SubgroupSizes = SubgroupSizes {
+        min: 1,
+        max: 1,
+        workgroup: SUBGROUP_WORKGROUP_SIZE,
+    };
+}
+
 /// The workgroup sizes the planner sizes a call's workgroups by.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub(crate) struct Workgroups {

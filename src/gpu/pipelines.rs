@@ -28,7 +28,8 @@ pub(crate) struct Pipelines {
 }
 
 impl Pipelines {
-    /// The layouts, and the f32 pipelines every context needs.
+    /// The layouts; [`Pipelines::build_up_front`] then builds the pipelines
+    /// every context needs.
     pub(crate) fn new(device: &wgpu::Device) -> Pipelines {
         let subgroups = device
             .features()
@@ -43,7 +44,7 @@ impl Pipelines {
             });
         let nine_storage_buffers =
             device.limits().max_storage_buffers_per_shader_stage >= ce::FUSED_STORAGE_BUFFERS;
-        let pipelines = Pipelines {
+        Pipelines {
             forward: ce::layout(device),
             reduce: reduce_partials::layout(device),
             gradient: ce::gradient_layout(device, false),
@@ -53,23 +54,34 @@ impl Pipelines {
             subgroups,
             vec4: (subgroups.is_some() && nine_storage_buffers).then(|| ce::vec4_layout(device)),
             built: Mutex::new(HashMap::new()),
-        };
-        for kernel in [
-            Kernel::Wide,
-            Kernel::Narrow,
-            Kernel::Reduce,
-            Kernel::Gradient,
-            Kernel::GradientInPlace,
-        ] {
-            pipelines.get(device, Variant::f32(kernel));
         }
-        if pipelines.subgroups.is_some() {
-            pipelines.get(device, Variant::f32(Kernel::Subgroup));
+    }
+
+    /// Builds the f32 pipelines every context needs, in the workgroup sizes
+    /// the context runs them in (`sizes`).
+    pub(crate) fn build_up_front(&self, device: &wgpu::Device, sizes: ce::Workgroups) {
+        let mut kernels = vec![
+            (Kernel::Wide, sizes.wide),
+            (Kernel::Narrow, sizes.narrow),
+            (Kernel::Reduce, 0),
+            (Kernel::Gradient, 0),
+            (Kernel::GradientInPlace, 0),
+        ];
+        if self.subgroups.is_some() {
+            kernels.push((Kernel::Subgroup, sizes.subgroups.workgroup));
         }
-        if pipelines.has_vec4() {
-            pipelines.get(device, Variant::f32(Kernel::SubgroupVec4));
+        if self.has_vec4() {
+            kernels.push((Kernel::SubgroupVec4, sizes.subgroups.workgroup));
         }
-        pipelines
+        for (kernel, workgroup) in kernels {
+            self.get(
+                device,
+                Variant {
+                    workgroup,
+                    ..Variant::f32(kernel)
+                },
+            );
+        }
     }
 
     /// The device's subgroup sizes, where it has subgroups.
