@@ -7,6 +7,7 @@
 //! cargo run --release --example cpu_throughput -- 20 65536x10 # 20 rounds, one shape
 //! cargo run --release --example cpu_throughput -- 5 bandwidth # only the bandwidth
 //! cargo run --release --example cpu_throughput -- 10 scalar 65536x10 # also a plain scalar loop
+//! cargo run --release --example cpu_throughput -- 10 64x1000          # any BxC shape
 //! ```
 //!
 //! `scalar` adds, per shape, a plain one-thread f32 loop (max, Σ exp, log,
@@ -108,17 +109,25 @@ fn main() {
     let scalar = wanted.iter().any(|w| w == "scalar");
     let named: Vec<&String> = wanted.iter().filter(|w| *w != "scalar").collect();
     let want = |name: &str| named.is_empty() || named.iter().any(|w| *w == name);
+    // Any `BxC` named runs that shape; with none named, the standard ones.
+    let mut shapes: Vec<(usize, usize)> = named
+        .iter()
+        .filter_map(|w| {
+            let (b, c) = w.split_once('x')?;
+            Some((b.parse().ok()?, c.parse().ok()?))
+        })
+        .collect();
+    if shapes.is_empty() {
+        shapes = SHAPES.to_vec();
+    }
     println!(
         "fast cpu ({}, {} threads), median of {rounds} rounds",
         fast::Isa::Detect.name(),
         rayon::current_num_threads()
     );
     let spec = CrossEntropy::new();
-    for (b, c) in SHAPES {
+    for (b, c) in shapes {
         let name = format!("{b}x{c}");
-        if !want(&name) {
-            continue;
-        }
         let (logits, labels) = synthetic(b, c);
         let batch = Batch::with_labels(&logits, c, &labels);
         let seconds = time(rounds, || {

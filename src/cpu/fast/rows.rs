@@ -54,15 +54,6 @@ impl<S: Simd> Acc<S> {
             a: zero,
         }
     }
-
-    #[inline(always)]
-    fn add(self, simd: S, other: Self) -> Self {
-        Acc {
-            exp: simd.add_f32s(self.exp, other.exp),
-            t: simd.add_f32s(self.t, other.t),
-            a: simd.add_f32s(self.a, other.a),
-        }
-    }
 }
 
 /// One block's sums.
@@ -147,34 +138,33 @@ fn block<S: Simd, const MODE: u8, const W: bool, const CAP: bool>(
     let w_at = |i: usize| ws.get(i).copied().unwrap_or(zero);
     let t_at = |i: usize| ts.get(i).copied().unwrap_or(zero);
 
-    // Two accumulators: more would spill registers (the exp's constants
-    // take most of the 16).
-    let mut acc = [Acc::zero(simd); 2];
+    // One accumulator and one vector a trip: with more, the exp's constants
+    // no longer fit the 16 registers and LLVM reloads them from memory on
+    // every vector, or keeps accumulators on the stack (which ran this loop
+    // at about half the speed on AVX2). A macro, not a closure: closures do
+    // not inherit the SIMD target features.
+    let mut acc = Acc::zero(simd);
+    macro_rules! step {
+        ($i:expr, $x:expr) => {
+            step::<S, MODE, W, CAP>(simd, k, $x, w_at($i), t_at($i), neg_m, &mut acc)
+        };
+    }
     let mut max = neg_inf;
     let common = xs.len().min(ns.len());
-    let mut i = 0;
-    while i + 2 <= common {
-        for (j, acc) in acc.iter_mut().enumerate() {
-            step::<S, MODE, W, CAP>(simd, k, xs[i + j], w_at(i + j), t_at(i + j), neg_m, acc);
-        }
-        max = simd.max_f32s(max, simd.max_f32s(ns[i], ns[i + 1]));
-        i += 2;
+    let (x_main, x_rest) = xs.split_at(common);
+    let (n_main, n_rest) = ns.split_at(common);
+    for (i, (&x, &n)) in x_main.iter().zip(n_main).enumerate() {
+        step!(i, x);
+        max = simd.max_f32s(max, n);
     }
-    while i + 2 <= xs.len() {
-        for (j, acc) in acc.iter_mut().enumerate() {
-            step::<S, MODE, W, CAP>(simd, k, xs[i + j], w_at(i + j), t_at(i + j), neg_m, acc);
-        }
-        i += 2;
+    for (j, &x) in x_rest.iter().enumerate() {
+        step!(common + j, x);
     }
-    if i < xs.len() {
-        step::<S, MODE, W, CAP>(simd, k, xs[i], w_at(i), t_at(i), neg_m, &mut acc[0]);
-    }
-    for &n in &ns[common / 2 * 2..] {
+    for &n in n_rest {
         max = simd.max_f32s(max, n);
     }
     if !x_tail.is_empty() {
         let mask = simd.mask_between_m32s(0, x_tail.len() as u32).mask();
-        let mut tail = Acc::zero(simd);
         let w = if MODE == WEIGHTED || W {
             simd.partial_load_f32s(w_tail)
         } else {
@@ -185,6 +175,7 @@ fn block<S: Simd, const MODE: u8, const W: bool, const CAP: bool>(
         } else {
             zero
         };
+        let mut tail = Acc::zero(simd);
         step::<S, MODE, W, CAP>(
             simd,
             k,
@@ -194,20 +185,19 @@ fn block<S: Simd, const MODE: u8, const W: bool, const CAP: bool>(
             neg_m,
             &mut tail,
         );
-        acc[0].exp = simd.add_f32s(acc[0].exp, simd.select_f32s(mask, tail.exp, zero));
-        acc[0].t = simd.add_f32s(acc[0].t, simd.select_f32s(mask, tail.t, zero));
-        acc[0].a = simd.add_f32s(acc[0].a, simd.select_f32s(mask, tail.a, zero));
+        acc.exp = simd.add_f32s(acc.exp, simd.select_f32s(mask, tail.exp, zero));
+        acc.t = simd.add_f32s(acc.t, simd.select_f32s(mask, tail.t, zero));
+        acc.a = simd.add_f32s(acc.a, simd.select_f32s(mask, tail.a, zero));
     }
     if !n_tail.is_empty() {
         let mask = simd.mask_between_m32s(0, n_tail.len() as u32).mask();
         let n = simd.select_f32s(mask, simd.partial_load_f32s(n_tail), neg_inf);
         max = simd.max_f32s(max, n);
     }
-    let total = acc[0].add(simd, acc[1]);
     let sums = BlockSums {
-        exp: simd.reduce_sum_f32s(total.exp),
-        t: simd.reduce_sum_f32s(total.t),
-        a: simd.reduce_sum_f32s(total.a),
+        exp: simd.reduce_sum_f32s(acc.exp),
+        t: simd.reduce_sum_f32s(acc.t),
+        a: simd.reduce_sum_f32s(acc.a),
     };
     (sums, simd.reduce_max_f32s(max))
 }

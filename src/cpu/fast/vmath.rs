@@ -9,8 +9,9 @@ pub(super) const LOG2E: f32 = std::f32::consts::LOG2_E;
 /// The lowest exponent [`exp2`] takes: anything smaller counts as `2^-125`,
 /// which is 0 next to the row maximum's term of 1.
 pub(super) const EXP2_MIN: f32 = -125.0;
-/// `1.5·2^23`: adding it rounds to an integer held in the low mantissa bits.
-const SHIFTER: f32 = 12_582_912.0;
+/// `1.5·2^23 + 127`: adding it rounds to an integer `n` and leaves `n + 127`,
+/// the biased exponent of `2^n`, in the low mantissa bits.
+const SHIFTER: f32 = 12_583_039.0;
 /// `2^f ≈ 1 + f·(c0 + f·(c1 + …))` on `[-0.5, 0.5]`, relative error below 2e-7
 /// (a minimax fit: c0 is near, not at, ln 2).
 #[allow(clippy::approx_constant)]
@@ -31,24 +32,31 @@ const TANH_POLY: [f32; 5] = [
 ];
 const TANH_SMALL: f32 = 0.55;
 
-/// `2^t`, with `t` clamped below at [`EXP2_MIN`]. The integer part of `t`
-/// goes straight into the exponent bits. A NaN `t` may come out as `2^-125`:
-/// callers detect NaN inputs on their own.
+/// `2^t`, with `t` clamped below at [`EXP2_MIN`] (and at most 127). The
+/// integer part of `t` goes straight into the exponent bits. A NaN `t` may
+/// come out as `2^-125`: callers detect NaN inputs on their own.
+///
+/// Written to need few registers: 7 constants, as the subtraction
+/// `SHIFTER − shifted` reuses the shifter and `2^n·(1 + f·P(f))` is one FMA
+/// with no constant 1. In the row loops, with more constants than
+/// registers, LLVM reloads them from memory on every vector.
 #[inline(always)]
 pub(super) fn exp2<S: Simd>(simd: S, t: S::f32s) -> S::f32s {
     let t = simd.max_f32s(t, simd.splat_f32s(EXP2_MIN));
-    let shifted = simd.add_f32s(t, simd.splat_f32s(SHIFTER));
-    let whole = simd.sub_f32s(shifted, simd.splat_f32s(SHIFTER));
-    let f = simd.sub_f32s(t, whole);
+    let shifter = simd.splat_f32s(SHIFTER);
+    let shifted = simd.add_f32s(t, shifter);
+    // `shifter − shifted` is exactly −n, so `f = t − n` ∈ [−½, ½].
+    let f = simd.add_f32s(t, simd.sub_f32s(shifter, shifted));
     let mut p = simd.splat_f32s(EXP2_POLY[4]);
     for &c in EXP2_POLY[..4].iter().rev() {
         p = simd.mul_add_e_f32s(p, f, simd.splat_f32s(c));
     }
-    let p = simd.mul_add_e_f32s(p, f, simd.splat_f32s(1.0));
-    // The low bits of `shifted` hold the integer n; shifted left by 23 they
-    // are n in the exponent field (the shifter's own bits fall off the top).
-    let scale = simd.wrapping_dyn_shl_u32s(simd.transmute_u32s_f32s(shifted), simd.splat_u32s(23));
-    simd.transmute_f32s_u32s(simd.add_u32s(simd.transmute_u32s_f32s(p), scale))
+    // The low bits of `shifted` hold n + 127; shifted left by 23 they are the
+    // exponent field of 2^n (the shifter's own bits fall off the top).
+    let scale = simd.transmute_f32s_u32s(
+        simd.wrapping_dyn_shl_u32s(simd.transmute_u32s_f32s(shifted), simd.splat_u32s(23)),
+    );
+    simd.mul_add_e_f32s(simd.mul_f32s(p, f), scale, scale)
 }
 
 /// `log2(x)` for positive normal `x`, absolute error about 2e-7 near 1.
