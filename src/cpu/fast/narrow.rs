@@ -138,13 +138,13 @@ fn narrow_with<S: Simd, const C: usize, const PLAIN: bool>(
         // Lanes the f32 sums cannot vouch for go to the f64 reference. A
         // finite M implies a finite m; M overflows for |m| > 2.4e38.
         let mut ok = simd.and_m32s(
-            simd.less_than_f32s(simd.abs_f32s(big_m), inf),
+            simd.less_than_f32s(vmath::abs(simd, big_m), inf),
             simd.less_than_f32s(raw_max, inf),
         );
         ok = simd.and_m32s(
             ok,
             if smoothing {
-                simd.less_than_f32s(simd.abs_f32s(t_sum), inf)
+                simd.less_than_f32s(vmath::abs(simd, t_sum), inf)
             } else {
                 simd.equal_f32s(t_sum, t_sum)
             },

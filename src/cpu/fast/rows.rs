@@ -460,6 +460,53 @@ fn finish_row<S: Simd, const MODE: u8, const W: bool, const CAP: bool>(
     }
 }
 
+/// What [`gradient_element`] needs of its row.
+struct GradientCoefficients<S: Simd> {
+    neg_m: S::f32s,
+    k1: f32,
+    k0: f32,
+    dense: bool,
+    weighted: bool,
+}
+
+/// One vector of [`gradient_row`]. A function, not a closure: closures do
+/// not inherit the SIMD target features, and out of line one ran the
+/// gradient about 10× slower.
+#[inline(always)]
+fn gradient_element<S: Simd, const CAP: bool>(
+    simd: S,
+    k: Kernel,
+    c: &GradientCoefficients<S>,
+    x: S::f32s,
+    w: S::f32s,
+    target: S::f32s,
+) -> S::f32s {
+    let z = if CAP {
+        vmath::softcap(simd, x, k.cap)
+    } else {
+        x
+    };
+    let p = vmath::exp2(simd, simd.mul_add_f32s(z, simd.splat_f32s(LOG2E), c.neg_m));
+    let mut a = if c.dense {
+        simd.mul_add_e_f32s(target, simd.splat_f32s(k.keep), simd.splat_f32s(k.spread))
+    } else {
+        simd.splat_f32s(k.spread)
+    };
+    if c.weighted {
+        a = simd.mul_f32s(a, w);
+    }
+    let g = simd.sub_f32s(
+        simd.mul_f32s(simd.splat_f32s(c.k1), p),
+        simd.mul_f32s(simd.splat_f32s(c.k0), a),
+    );
+    if CAP {
+        let u = simd.mul_f32s(z, simd.splat_f32s(1.0 / k.cap));
+        simd.mul_f32s(g, simd.sub_f32s(simd.splat_f32s(1.0), simd.mul_f32s(u, u)))
+    } else {
+        g
+    }
+}
+
 /// `k1·2^(x_c·log2(e) − M) − k0·a'_c`, times the soft-cap's chain rule, for
 /// every class of row `n`; `a'_c` is `ε/C·w_c` for labels (the target's own
 /// term is the caller's) and `w_c·((1−ε)·t_c + ε/C)` for dense targets.
@@ -481,34 +528,18 @@ fn gradient_row<S: Simd, const MODE: u8, const W: bool, const CAP: bool>(
     let targets = targets.unwrap_or(&[]);
     let dense = MODE == DENSE;
     let weighted = plan.class_weights.is_some();
-    let neg_m = simd.splat_f32s(-big_m);
-    let one = simd.splat_f32s(1.0);
-    let element = |x: S::f32s, w: S::f32s, target: S::f32s| {
-        let z = if CAP {
-            vmath::softcap(simd, x, k.cap)
-        } else {
-            x
-        };
-        let p = vmath::exp2(simd, simd.mul_add_f32s(z, simd.splat_f32s(LOG2E), neg_m));
-        let mut a = if dense {
-            simd.mul_add_e_f32s(target, simd.splat_f32s(k.keep), simd.splat_f32s(k.spread))
-        } else {
-            simd.splat_f32s(k.spread)
-        };
-        if weighted {
-            a = simd.mul_f32s(a, w);
-        }
-        let g = simd.sub_f32s(
-            simd.mul_f32s(simd.splat_f32s(k1), p),
-            simd.mul_f32s(simd.splat_f32s(k0), a),
-        );
-        if CAP {
-            let u = simd.mul_f32s(z, simd.splat_f32s(1.0 / k.cap));
-            simd.mul_f32s(g, simd.sub_f32s(one, simd.mul_f32s(u, u)))
-        } else {
-            g
-        }
+    let coefficients = GradientCoefficients {
+        neg_m: simd.splat_f32s(-big_m),
+        k1,
+        k0,
+        dense,
+        weighted,
     };
+    macro_rules! element {
+        ($x:expr, $w:expr, $target:expr) => {
+            gradient_element::<S, CAP>(simd, k, &coefficients, $x, $w, $target)
+        };
+    }
     let (xs, x_tail) = S::as_simd_f32s(row);
     let (gs, g_tail) = S::as_mut_simd_f32s(grad);
     let (ws, w_tail) = S::as_simd_f32s(weights);
@@ -517,7 +548,7 @@ fn gradient_row<S: Simd, const MODE: u8, const W: bool, const CAP: bool>(
     for (i, (g, &x)) in gs.iter_mut().zip(xs).enumerate() {
         let w = if weighted { ws[i] } else { zero };
         let target = if dense { ts[i] } else { zero };
-        *g = element(x, w, target);
+        *g = element!(x, w, target);
     }
     if !x_tail.is_empty() {
         let w = if weighted {
@@ -530,7 +561,7 @@ fn gradient_row<S: Simd, const MODE: u8, const W: bool, const CAP: bool>(
         } else {
             zero
         };
-        let g = element(simd.partial_load_f32s(x_tail), w, target);
+        let g = element!(simd.partial_load_f32s(x_tail), w, target);
         simd.partial_store_f32s(g_tail, g);
     }
 }
@@ -602,6 +633,46 @@ fn block_sum<S: Simd>(simd: S, values: &[f32]) -> f64 {
     total
 }
 
+/// The scale and clip of [`weighted_log`]'s probabilities.
+struct Clip {
+    inverse: f32,
+    lo: f32,
+    hi: f32,
+}
+
+/// One vector of [`weighted_logs`]: `a·ln(clip(p·inverse, lo, hi))`.
+#[inline(always)]
+#[allow(clippy::too_many_arguments)]
+fn weighted_log<S: Simd>(
+    simd: S,
+    k: Kernel,
+    clip: &Clip,
+    dense: bool,
+    weighted: bool,
+    p: S::f32s,
+    w: S::f32s,
+    target: S::f32s,
+) -> S::f32s {
+    let q = simd.mul_f32s(p, simd.splat_f32s(clip.inverse));
+    let q = simd.min_f32s(
+        simd.max_f32s(q, simd.splat_f32s(clip.lo)),
+        simd.splat_f32s(clip.hi),
+    );
+    let log_q = simd.mul_f32s(
+        vmath::log2(simd, q),
+        simd.splat_f32s(std::f32::consts::LN_2),
+    );
+    let mut a = if dense {
+        simd.mul_add_e_f32s(target, simd.splat_f32s(k.keep), simd.splat_f32s(k.spread))
+    } else {
+        simd.splat_f32s(1.0)
+    };
+    if weighted {
+        a = simd.mul_f32s(a, w);
+    }
+    simd.mul_f32s(a, log_q)
+}
+
 /// `Σ_c a_c·ln(clip(p_c·inverse, lo, hi))` with `a_c = w_c` (labels) or
 /// `w_c·((1−ε)·t_c + ε/C)` (dense targets).
 #[inline(always)]
@@ -618,23 +689,13 @@ fn weighted_logs<S: Simd>(
 ) -> f64 {
     let weighted = plan.class_weights.is_some();
     let dense = targets.is_some();
-    let term = |p: S::f32s, w: S::f32s, target: S::f32s| {
-        let q = simd.mul_f32s(p, simd.splat_f32s(inverse));
-        let q = simd.min_f32s(simd.max_f32s(q, simd.splat_f32s(lo)), simd.splat_f32s(hi));
-        let log_q = simd.mul_f32s(
-            vmath::log2(simd, q),
-            simd.splat_f32s(std::f32::consts::LN_2),
-        );
-        let mut a = if dense {
-            simd.mul_add_e_f32s(target, simd.splat_f32s(k.keep), simd.splat_f32s(k.spread))
-        } else {
-            simd.splat_f32s(1.0)
+    let clip = Clip { inverse, lo, hi };
+    // A macro, not a closure: closures do not inherit the SIMD target features.
+    macro_rules! term {
+        ($p:expr, $w:expr, $target:expr) => {
+            weighted_log::<S>(simd, k, &clip, dense, weighted, $p, $w, $target)
         };
-        if weighted {
-            a = simd.mul_f32s(a, w);
-        }
-        simd.mul_f32s(a, log_q)
-    };
+    }
     let weights = plan.class_weights.unwrap_or(&[]);
     let targets = targets.unwrap_or(&[]);
     let zero = simd.splat_f32s(0.0);
@@ -652,7 +713,7 @@ fn weighted_logs<S: Simd>(
         for (i, &p) in ps.iter().enumerate() {
             let w = if weighted { ws[i] } else { zero };
             let target = if dense { ts[i] } else { zero };
-            acc[i % 4] = simd.add_f32s(acc[i % 4], term(p, w, target));
+            acc[i % 4] = simd.add_f32s(acc[i % 4], term!(p, w, target));
         }
         if !p_tail.is_empty() {
             let mask = simd.mask_between_m32s(0, p_tail.len() as u32).mask();
@@ -667,7 +728,7 @@ fn weighted_logs<S: Simd>(
                 zero
             };
             let p = simd.select_f32s(mask, simd.partial_load_f32s(p_tail), simd.splat_f32s(1.0));
-            acc[0] = simd.add_f32s(acc[0], simd.select_f32s(mask, term(p, w, target), zero));
+            acc[0] = simd.add_f32s(acc[0], simd.select_f32s(mask, term!(p, w, target), zero));
         }
         let acc = simd.add_f32s(simd.add_f32s(acc[0], acc[1]), simd.add_f32s(acc[2], acc[3]));
         total += simd.reduce_sum_f32s(acc) as f64;

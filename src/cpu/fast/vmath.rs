@@ -101,7 +101,7 @@ pub(super) fn log2<S: Simd>(simd: S, x: S::f32s) -> S::f32s {
 #[inline(always)]
 pub(super) fn tanh<S: Simd>(simd: S, y: S::f32s) -> S::f32s {
     let sign = simd.and_u32s(simd.transmute_u32s_f32s(y), simd.splat_u32s(0x8000_0000));
-    let a = simd.abs_f32s(y);
+    let a = abs(simd, y);
     let a2 = simd.mul_f32s(a, a);
     let mut p = simd.splat_f32s(TANH_POLY[4]);
     for &c in TANH_POLY[..4].iter().rev() {
@@ -116,6 +116,15 @@ pub(super) fn tanh<S: Simd>(simd: S, y: S::f32s) -> S::f32s {
     let is_large = simd.greater_than_or_equal_f32s(a, simd.splat_f32s(TANH_SMALL));
     let magnitude = simd.select_f32s(is_large, large, small);
     simd.transmute_f32s_u32s(simd.or_u32s(simd.transmute_u32s_f32s(magnitude), sign))
+}
+
+/// `|x|` by clearing the sign bit (pulp's `abs_f32s` is a provided trait
+/// method that is not inlined into the SIMD code, costing a call per vector).
+#[inline(always)]
+pub(super) fn abs<S: Simd>(simd: S, x: S::f32s) -> S::f32s {
+    simd.transmute_f32s_u32s(
+        simd.and_u32s(simd.transmute_u32s_f32s(x), simd.splat_u32s(0x7FFF_FFFF)),
+    )
 }
 
 /// `cap·tanh(x/cap)`.
