@@ -1,12 +1,15 @@
 //! The loss and its gradient end to end (host slices in, upload, kernels,
 //! readback), by logits type and by how often the logits are read: f32 with
 //! two reads and with one, f16 and bf16 (gradient in their own type) with
-//! one. Model bytes per DESIGN §6: `B·C·sizeof(logit)·2 + B·12`.
+//! one; and on the CPU, the fast path and the f64 reference (f32 logits).
+//! Model bytes per DESIGN §6: `B·C·sizeof(logit)·2 + B·12`.
 //!
 //! Run: `cargo bench --bench gradient`
 
 use criterion::{criterion_group, criterion_main, Criterion, Throughput};
-use fused_loss::{Batch, CrossEntropy, GpuContext, GpuOptions, GradientDtype, LogitElement};
+use fused_loss::{
+    Batch, CrossEntropy, Engine, GpuContext, GpuOptions, GradientDtype, LogitElement,
+};
 use half::{bf16, f16};
 
 mod common;
@@ -24,12 +27,28 @@ fn context(single_read: bool) -> Option<GpuContext> {
 }
 
 fn bench(c: &mut Criterion) {
-    let (Some(once), Some(twice)) = (context(true), context(false)) else {
-        return;
-    };
     let spec = CrossEntropy::new()
         .with_gradient(true)
         .with_gradient_dtype(GradientDtype::Input);
+    for (batch, classes) in SHAPES {
+        let (logits, labels) = synthetic(batch, classes);
+        let mut group = c.benchmark_group(format!("gradient/{batch}x{classes}"));
+        group.throughput(Throughput::Bytes((batch * classes * 8 + batch * 12) as u64));
+        group.sample_size(10);
+        let input = Batch::with_labels(&logits, classes, &labels);
+        for (name, engine) in [
+            ("cpu-fast", Engine::cpu()),
+            ("cpu-reference", Engine::reference()),
+        ] {
+            group.bench_function(name, |b| {
+                b.iter(|| engine.compute_blocking(&spec, &input).unwrap())
+            });
+        }
+        group.finish();
+    }
+    let (Some(once), Some(twice)) = (context(true), context(false)) else {
+        return; // the CPU rows above still ran
+    };
     for (batch, classes) in SHAPES {
         let (logits, labels) = synthetic(batch, classes);
         let f16s: Vec<f16> = logits.iter().map(|&x| f16::from_f32(x)).collect();
