@@ -212,11 +212,11 @@ enum TargetKind {
 }
 
 /// Every target kind × class weights × sample weights × smoothing × input
-/// kind × reduction, on narrow and wide rows.
+/// kind × reduction, on narrow and wide rows; for logits, the gradient too.
 #[test]
 fn every_option_and_reduction_matches_reference() {
     let mut rng = Rng::new(7);
-    let mut runs = 0;
+    let (mut runs, mut gradient_runs) = (0, 0);
     for &(b, c) in &[
         (1usize, 1usize),
         (37, 3),
@@ -272,6 +272,11 @@ fn every_option_and_reduction_matches_reference() {
                                 check(&spec, &batch, &what);
                                 runs += 1;
                             }
+                            if !probabilities {
+                                let spec = spec.clone().with_gradient(true);
+                                check(&spec, &batch, &format!("{b}x{c} {kind:?} cw={class_weights} sw={sample_weights} eps={smoothing} gradient"));
+                                gradient_runs += 1;
+                            }
                         }
                     }
                 }
@@ -279,6 +284,7 @@ fn every_option_and_reduction_matches_reference() {
         }
     }
     assert_eq!(runs, 6 * 2 * 4 * 2 * 2 * 3 * 5);
+    assert_eq!(gradient_runs, 6 * 4 * 2 * 2 * 3);
 }
 
 /// Logits-only options — z-loss, soft-cap, row lse, gradient — alone and

@@ -257,7 +257,6 @@ impl<'a> Plan<'a> {
         self.classes <= NARROW_MAX_CLASSES
             && self.labels.is_some()
             && self.spec.input == InputKind::Logits
-            && !self.spec.gradient
     }
 
     /// Rows per chunk: at least [`CHUNK_BYTES`] of logits, whole lane groups.

@@ -1,8 +1,8 @@
 //! Narrow rows (C ≤ 16, labels): one row per SIMD lane. A group of rows is
 //! transposed so that vector `c` holds class c of every row; the max, the
-//! exps, the target pick, the log and the loss are then all vector ops
-//! across rows. C is a const parameter, so the transpose and the class loop
-//! are fully unrolled.
+//! exps, the target pick, the log and the loss (and, when asked for, the
+//! gradient's columns) are then all vector ops across rows. C is a const
+//! parameter, so the transpose and the class loop are fully unrolled.
 
 use pulp::Simd;
 
@@ -43,6 +43,7 @@ fn narrow_with<S: Simd, const C: usize, const PLAIN: bool>(
     let z_loss = plan.z_loss as f32;
     let smoothing = !PLAIN && eps > 0.0;
     let class_weights: [f32; C] = std::array::from_fn(|c| plan.class_weight(c));
+    let gradient_scale = plan.gradient_scale.map(|scale| scale as f32);
 
     let splat = |v: f32| simd.splat_f32s(v);
     let zero = splat(0.0);
@@ -154,6 +155,30 @@ fn narrow_with<S: Simd, const C: usize, const PLAIN: bool>(
         if let Some(lses) = out.lse.as_deref_mut() {
             vmath::store(simd, &mut lses[i..i + valid], lse);
         }
+        if let (Some(scale), Some(gradient)) = (gradient_scale, out.gradient.as_deref_mut()) {
+            let group = GroupRows {
+                label,
+                sample,
+                hard,
+                lse,
+                exp,
+                neg_m,
+            };
+            let columns = gradient_columns::<S, C>(simd, plan, &xs, &group, scale, cap);
+            // Columns back to rows: lane r of column c is row r's class c.
+            let mut lanes_of = [[0.0f32; MAX_LANES]; C];
+            for (lanes, &column) in lanes_of.iter_mut().zip(&columns) {
+                vmath::store(simd, &mut lanes[..valid], column);
+            }
+            for (r, row) in gradient[i * C..(i + valid) * C]
+                .chunks_exact_mut(C)
+                .enumerate()
+            {
+                for (g, lanes) in row.iter_mut().zip(&lanes_of) {
+                    *g = lanes[r];
+                }
+            }
+        }
         if !vmath::all(simd, ok) {
             let ok = simd.select_f32s(ok, splat(1.0), zero);
             vmath::store(simd, &mut lane_values[..valid], ok);
@@ -165,6 +190,79 @@ fn narrow_with<S: Simd, const C: usize, const PLAIN: bool>(
         }
         first += valid;
     }
+}
+
+/// A lane group's per-row vectors that its gradient needs.
+struct GroupRows<S: Simd> {
+    /// The labels, as `u32`s.
+    label: S::u32s,
+    /// Sample weights, 0 for ignored rows.
+    sample: S::f32s,
+    /// `(1 − ε)·w_y`, 0 for ignored rows.
+    hard: S::f32s,
+    lse: S::f32s,
+    /// `Σ_c 2^(x_c·log2(e) − M)`.
+    exp: S::f32s,
+    /// `−M`.
+    neg_m: S::f32s,
+}
+
+/// Column c: `∂L/∂x_c` of every row of the group, times `scale` (the
+/// reduction's), as the row kernels' `gradient_row` computes it:
+/// `s·((Σ_k a_k + 2·z·lse)·p_c − a_c)` times the soft cap's chain rule, with
+/// `a_c = (1 − ε)·w_y·[c = y] + ε/C·w_c`. Rows of sample weight 0 (ignored
+/// ones included) get zeros.
+#[inline(always)]
+fn gradient_columns<S: Simd, const C: usize>(
+    simd: S,
+    plan: &Plan<'_>,
+    xs: &[S::f32s; C],
+    rows: &GroupRows<S>,
+    scale: f32,
+    cap: Option<f32>,
+) -> [S::f32s; C] {
+    let zero = simd.splat_f32s(0.0);
+    let spread = (plan.smoothing / C as f64) as f32;
+    let k0 = simd.mul_f32s(rows.sample, simd.splat_f32s(scale));
+    // Σ_k a_k = (1 − ε)·w_y + ε/C·Σ_k w_k.
+    let total = simd.mul_add_e_f32s(
+        simd.splat_f32s(spread),
+        simd.splat_f32s(plan.class_weight_sum as f32),
+        rows.hard,
+    );
+    let total = if plan.z_loss > 0.0 {
+        let z_term = simd.mul_f32s(simd.splat_f32s(2.0 * plan.z_loss as f32), rows.lse);
+        simd.add_f32s(total, z_term)
+    } else {
+        total
+    };
+    let k1 = simd.div_f32s(simd.mul_f32s(k0, total), rows.exp);
+    let target = simd.mul_f32s(k0, rows.hard);
+    let inactive = simd.equal_f32s(rows.sample, zero);
+    let mut columns = [zero; C];
+    for (c, (column, &x)) in columns.iter_mut().zip(xs).enumerate() {
+        let z = match cap {
+            Some(cap) => vmath::softcap(simd, x, cap),
+            None => x,
+        };
+        let p = vmath::exp2(
+            simd,
+            simd.mul_add_f32s(z, simd.splat_f32s(LOG2E), rows.neg_m),
+        );
+        let mut g = simd.mul_f32s(k1, p);
+        if spread != 0.0 {
+            let a = simd.splat_f32s(spread * plan.class_weight(c));
+            g = simd.sub_f32s(g, simd.mul_f32s(k0, a));
+        }
+        let is_target = simd.equal_u32s(rows.label, simd.splat_u32s(c as u32));
+        g = simd.select_f32s(is_target, simd.sub_f32s(g, target), g);
+        if let Some(cap) = cap {
+            let u = simd.mul_f32s(z, simd.splat_f32s(1.0 / cap));
+            g = simd.mul_f32s(g, simd.sub_f32s(simd.splat_f32s(1.0), simd.mul_f32s(u, u)));
+        }
+        *column = simd.select_f32s(inactive, zero, g);
+    }
+    columns
 }
 
 /// Vector c ← class c of rows `first..first + valid` (zeros in the lanes
