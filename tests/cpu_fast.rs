@@ -347,8 +347,8 @@ fn logit_options_match_reference() {
 fn every_width_matches_reference() {
     let mut rng = Rng::new(3);
     for c in [
-        1usize, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12, 13, 14, 15, 16, 17, 31, 33, 100, 1000, 2047,
-        2048, 2049, 4099,
+        1usize, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12, 13, 14, 15, 16, 17, 31, 32, 33, 100, 1000,
+        2047, 2048, 2049, 4099,
     ] {
         let b = (20_000 / c).clamp(3, 3000);
         let logits = rng.logits(b * c, 10.0);

@@ -1,4 +1,4 @@
-//! Narrow rows (C ≤ 16, labels): one row per SIMD lane. A group of rows is
+//! Narrow rows (C ≤ [`super::NARROW_MAX_CLASSES`], labels): one row per SIMD lane. A group of rows is
 //! transposed so that vector `c` holds class c of every row; the max, the
 //! exps, the target pick, the log and the loss (and, when asked for, the
 //! gradient's columns) are then all vector ops across rows. C is a const
@@ -18,11 +18,11 @@ pub(super) fn narrow_rows<S: Simd>(simd: S, plan: &Plan<'_>, out: &mut ChunkOut<
                     ($c, true) => narrow_with::<S, $c, true>(simd, plan, out),
                     ($c, false) => narrow_with::<S, $c, false>(simd, plan, out),
                 )*
-                _ => unreachable!("narrow rows have at most 16 classes"),
+                _ => unreachable!("narrow rows have at most NARROW_MAX_CLASSES classes"),
             }
         };
     }
-    widths!(1 2 3 4 5 6 7 8 9 10 11 12 13 14 15 16);
+    widths!(1 2 3 4 5 6 7 8 9 10 11 12 13 14 15 16 17 18 19 20 21 22 23 24 25 26 27 28 29 30 31 32);
 }
 
 /// `PLAIN`: no soft cap and no smoothing, known at compile time so that the
