@@ -11,6 +11,10 @@
 //! - **Narrow rows** (C ≤ [`NARROW_MAX_CLASSES`], labels) go one row per SIMD
 //!   lane: 8 rows transposed at a time on AVX2, with `exp`, `log` and the
 //!   whole loss vectorised across rows.
+//! - **Medium rows** (up to [`MEDIUM_MAX_CLASSES`], labels, no gradient) go 8
+//!   rows at a time, SIMD along the classes, each row's maximum then its
+//!   exps; the rows' sums meet in lane vectors for the narrow kernel's log
+//!   and loss, so there is no per-row f64 state or scalar `log2`.
 //! - **Runtime dispatch** through [`pulp`]: AVX2+FMA on x86-64 when the CPU has
 //!   it, else a portable fallback with the same formulas ([`Isa::Portable`]
 //!   forces it).
@@ -45,10 +49,15 @@ use crate::output::{gradient_denominator, Backend, LossOutput, LossStats};
 use crate::spec::{check_labels, Batch, CrossEntropy, InputKind, Targets};
 
 /// Rows of at most this many classes (with labels) go one row per SIMD lane.
-/// Up to here that beat the row kernels (at C = 17, 5.0–5.2 against
-/// 1.9–2.2 GB/s; at C = 32, 4.3–4.9 against 3.5–4.0) and past it the row
-/// kernels win (6.3–7.5 GB/s at C = 100).
-pub const NARROW_MAX_CLASSES: usize = 32;
+/// On the 2-core AVX2 machine that beat the medium kernel below C = 24 (at
+/// C = 17, 5.3–5.6 against 3.6–4.2 GB/s), tied at 24 and lost above (at
+/// C = 32, 3.8–5.2 against 6.2–9.4).
+pub const NARROW_MAX_CLASSES: usize = 24;
+/// Rows of more than [`NARROW_MAX_CLASSES`] and at most this many classes
+/// (with labels, without the gradient) go 8 rows at a time, their sums
+/// meeting in lane vectors for the log and the loss. Its two passes over a
+/// row tie with the row kernels' one at C = 256 and lose above.
+pub const MEDIUM_MAX_CLASSES: usize = 256;
 
 /// The least logits one rayon task takes, in bytes.
 const CHUNK_BYTES: usize = 64 * 1024;
@@ -252,6 +261,14 @@ impl<'a> Plan<'a> {
             softcap: spec.softcap,
             gradient_scale: None,
         }
+    }
+
+    /// Whether the medium (8 rows at a time) kernel takes this call.
+    fn medium(&self) -> bool {
+        (NARROW_MAX_CLASSES + 1..=MEDIUM_MAX_CLASSES).contains(&self.classes)
+            && self.labels.is_some()
+            && self.spec.input == InputKind::Logits
+            && !self.spec.gradient
     }
 
     /// Whether the narrow (row per lane) kernel takes this call.
@@ -496,6 +513,8 @@ impl WithSimd for ChunkOp<'_, '_, '_> {
             rows::probability_rows(simd, plan, out);
         } else if plan.narrow() && S::F32_LANES <= MAX_LANES {
             narrow::narrow_rows(simd, plan, out);
+        } else if plan.medium() && S::F32_LANES <= MAX_LANES {
+            narrow::medium_rows(simd, plan, out);
         } else {
             rows::logit_rows(simd, plan, out);
         }

@@ -22,7 +22,216 @@ pub(super) fn narrow_rows<S: Simd>(simd: S, plan: &Plan<'_>, out: &mut ChunkOut<
             }
         };
     }
-    widths!(1 2 3 4 5 6 7 8 9 10 11 12 13 14 15 16 17 18 19 20 21 22 23 24 25 26 27 28 29 30 31 32);
+    widths!(1 2 3 4 5 6 7 8 9 10 11 12 13 14 15 16 17 18 19 20 21 22 23 24);
+}
+
+/// Per-call constants of the lane-group kernels.
+struct Consts {
+    cap: Option<f32>,
+    /// 1 − ε.
+    keep: f32,
+    /// ε/C.
+    spread: f32,
+    weight_sum: f32,
+    z_loss: f32,
+    smoothing: bool,
+}
+
+impl Consts {
+    /// `plain`: no soft cap and no smoothing, whatever the plan says (the
+    /// callers only pass it when the plan has neither).
+    fn new(plan: &Plan<'_>, plain: bool) -> Self {
+        let eps = if plain { 0.0 } else { plan.smoothing as f32 };
+        Consts {
+            cap: if plain { None } else { plan.softcap },
+            keep: 1.0 - eps,
+            spread: (plan.smoothing / plan.classes as f64) as f32,
+            weight_sum: plan.class_weight_sum as f32,
+            z_loss: plan.z_loss as f32,
+            smoothing: !plain && eps > 0.0,
+        }
+    }
+}
+
+/// A lane group's per-row inputs: labels, sample weights and `(1 − ε)·w_y`,
+/// the last two 0 for ignored rows; padding lanes read label 0, weight 1
+/// and are never stored.
+struct GroupInputs<S: Simd> {
+    label: S::u32s,
+    sample: S::f32s,
+    hard: S::f32s,
+}
+
+#[inline(always)]
+fn group_inputs<S: Simd>(
+    simd: S,
+    plan: &Plan<'_>,
+    k: &Consts,
+    first: usize,
+    valid: usize,
+) -> GroupInputs<S> {
+    let labels = plan.labels.unwrap_or(&[]);
+    let zero = simd.splat_f32s(0.0);
+    let label = vmath::load_i32(simd, &labels[first..first + valid]);
+    let ignored = plan
+        .spec
+        .ignore_index
+        .map(|ignore| simd.equal_i32s(label, simd.splat_i32s(ignore)));
+    let mut sample = match plan.batch.sample_weights {
+        Some(weights) => vmath::load(simd, &weights[first..first + valid]),
+        None => simd.splat_f32s(1.0),
+    };
+    let mut hard = match plan.class_weights {
+        Some(weights) => {
+            let mut values = [0.0f32; MAX_LANES];
+            for (r, value) in values[..valid].iter_mut().enumerate() {
+                let y = labels[first + r];
+                *value = if Some(y) == plan.spec.ignore_index {
+                    0.0
+                } else {
+                    k.keep * weights[y as usize]
+                };
+            }
+            vmath::load(simd, &values[..valid])
+        }
+        None => simd.splat_f32s(k.keep),
+    };
+    if let Some(ignored) = ignored {
+        sample = simd.select_f32s(ignored, zero, sample);
+        hard = simd.select_f32s(ignored, zero, hard);
+    }
+    GroupInputs {
+        label: simd.transmute_u32s_i32s(label),
+        sample,
+        hard,
+    }
+}
+
+/// A lane group's row maxima and shifts: `m` is the soft-capped maximum,
+/// `M = fl(m·log2 e)`, and `rounding` is exactly `m·log2 e − M`.
+struct Shift<S: Simd> {
+    raw_max: S::f32s,
+    m: S::f32s,
+    big_m: S::f32s,
+    rounding: S::f32s,
+    neg_m: S::f32s,
+}
+
+#[inline(always)]
+fn shift<S: Simd>(simd: S, k: &Consts, raw_max: S::f32s) -> Shift<S> {
+    let m = match k.cap {
+        Some(cap) => vmath::softcap(simd, raw_max, cap),
+        None => raw_max,
+    };
+    let big_m = simd.mul_f32s(m, simd.splat_f32s(LOG2E));
+    Shift {
+        raw_max,
+        m,
+        big_m,
+        rounding: simd.mul_add_f32s(m, simd.splat_f32s(LOG2E), simd.neg_f32s(big_m)),
+        neg_m: simd.neg_f32s(big_m),
+    }
+}
+
+/// A lane group's row sums: `Σ 2^t` and `Σ t` with `t = x·log2 e − M`, the
+/// target's (soft-capped) logit, and with smoothing `Σ_c w_c·(m − x_c)`.
+struct GroupSums<S: Simd> {
+    exp: S::f32s,
+    t_sum: S::f32s,
+    target: S::f32s,
+    spread_sum: S::f32s,
+}
+
+/// Writes a lane group's losses (and row lse) and returns its lse and the
+/// lanes the f32 sums vouch for.
+#[inline(always)]
+#[allow(clippy::too_many_arguments)]
+fn finish_group<S: Simd>(
+    simd: S,
+    k: &Consts,
+    inputs: &GroupInputs<S>,
+    shift: &Shift<S>,
+    sums: &GroupSums<S>,
+    out: &mut ChunkOut<'_>,
+    i: usize,
+    valid: usize,
+) -> (S::f32s, S::m32s) {
+    let splat = |v: f32| simd.splat_f32s(v);
+    let zero = splat(0.0);
+    let inf = splat(f32::INFINITY);
+    let Shift {
+        raw_max,
+        m,
+        big_m,
+        rounding,
+        ..
+    } = *shift;
+    // lse − m = (log2 Σ + rounding)·ln 2
+    let offset = simd.mul_f32s(
+        simd.add_f32s(vmath::log2(simd, sums.exp), rounding),
+        splat(std::f32::consts::LN_2),
+    );
+    let lse = simd.add_f32s(m, offset);
+    let hard = inputs.hard;
+    let nll = simd.mul_f32s(hard, simd.add_f32s(simd.sub_f32s(m, sums.target), offset));
+    let mut loss = simd.select_f32s(simd.equal_f32s(hard, zero), zero, nll);
+    if k.smoothing {
+        let smooth = simd.mul_add_e_f32s(splat(k.weight_sum), offset, sums.spread_sum);
+        loss = simd.mul_add_e_f32s(splat(k.spread), smooth, loss);
+    }
+    if k.z_loss > 0.0 {
+        loss = simd.mul_add_e_f32s(simd.mul_f32s(splat(k.z_loss), lse), lse, loss);
+    }
+    let sample = inputs.sample;
+    let loss = simd.select_f32s(
+        simd.equal_f32s(sample, zero),
+        zero,
+        simd.mul_f32s(sample, loss),
+    );
+
+    // Lanes the f32 sums cannot vouch for go to the f64 reference. A
+    // finite M implies a finite m; M overflows for |m| > 2.4e38.
+    let mut ok = simd.and_m32s(
+        simd.less_than_f32s(vmath::abs(simd, big_m), inf),
+        simd.less_than_f32s(raw_max, inf),
+    );
+    ok = simd.and_m32s(
+        ok,
+        if k.smoothing {
+            simd.less_than_f32s(vmath::abs(simd, sums.t_sum), inf)
+        } else {
+            simd.equal_f32s(sums.t_sum, sums.t_sum)
+        },
+    );
+    vmath::store(simd, &mut out.losses[i..i + valid], loss);
+    if let Some(lses) = out.lse.as_deref_mut() {
+        vmath::store(simd, &mut lses[i..i + valid], lse);
+    }
+    (lse, ok)
+}
+
+/// Recomputes the group's rows outside `ok` with the f64 reference.
+#[inline(always)]
+fn redo_unsure<S: Simd>(
+    simd: S,
+    plan: &Plan<'_>,
+    ok: S::m32s,
+    first: usize,
+    valid: usize,
+    out: &mut ChunkOut<'_>,
+    scratch: &mut Vec<f64>,
+) {
+    if vmath::all(simd, ok) {
+        return;
+    }
+    let mut lanes = [0.0f32; MAX_LANES];
+    let ok = simd.select_f32s(ok, simd.splat_f32s(1.0), simd.splat_f32s(0.0));
+    vmath::store(simd, &mut lanes[..valid], ok);
+    for (r, &lane_ok) in lanes[..valid].iter().enumerate() {
+        if lane_ok == 0.0 && plan.active(first + r) {
+            out.careful(plan, first + r, scratch);
+        }
+    }
 }
 
 /// `PLAIN`: no soft cap and no smoothing, known at compile time so that the
@@ -34,137 +243,60 @@ fn narrow_with<S: Simd, const C: usize, const PLAIN: bool>(
     out: &mut ChunkOut<'_>,
 ) {
     let lanes = S::F32_LANES;
-    let labels = plan.labels.unwrap_or(&[]);
-    let cap = if PLAIN { None } else { plan.softcap };
-    let eps = if PLAIN { 0.0 } else { plan.smoothing as f32 };
-    let keep = 1.0 - eps;
-    let spread = (plan.smoothing / C as f64) as f32;
-    let weight_sum = plan.class_weight_sum as f32;
-    let z_loss = plan.z_loss as f32;
-    let smoothing = !PLAIN && eps > 0.0;
+    let k = Consts::new(plan, PLAIN);
     let class_weights: [f32; C] = std::array::from_fn(|c| plan.class_weight(c));
     let gradient_scale = plan.gradient_scale.map(|scale| scale as f32);
-
     let splat = |v: f32| simd.splat_f32s(v);
     let zero = splat(0.0);
-    let inf = splat(f32::INFINITY);
-    let mut lane_values = [0.0f32; MAX_LANES];
     let mut scratch = Vec::new();
     let rows = out.rows.clone();
     let mut first = rows.start;
     while first < rows.end {
         let valid = (rows.end - first).min(lanes);
         let xs = transpose::<S, C>(simd, plan.batch.logits, first, valid);
-
-        // Per-row inputs; padding lanes read label 0, weight 1: never stored.
-        let label = vmath::load_i32(simd, &labels[first..first + valid]);
-        let ignored = plan
-            .spec
-            .ignore_index
-            .map(|ignore| simd.equal_i32s(label, simd.splat_i32s(ignore)));
-        let label = simd.transmute_u32s_i32s(label);
-        let mut sample = match plan.batch.sample_weights {
-            Some(weights) => vmath::load(simd, &weights[first..first + valid]),
-            None => splat(1.0),
-        };
-        let mut hard = match plan.class_weights {
-            Some(weights) => {
-                for (r, value) in lane_values[..valid].iter_mut().enumerate() {
-                    let y = labels[first + r];
-                    *value = if Some(y) == plan.spec.ignore_index {
-                        0.0
-                    } else {
-                        keep * weights[y as usize]
-                    };
-                }
-                vmath::load(simd, &lane_values[..valid])
-            }
-            None => splat(keep),
-        };
-        if let Some(ignored) = ignored {
-            sample = simd.select_f32s(ignored, zero, sample);
-            hard = simd.select_f32s(ignored, zero, hard);
-        }
+        let inputs = group_inputs(simd, plan, &k, first, valid);
 
         let mut raw_max = xs[0];
         for &x in &xs[1..] {
             raw_max = simd.max_f32s(raw_max, x);
         }
-        let m = match cap {
-            Some(cap) => vmath::softcap(simd, raw_max, cap),
-            None => raw_max,
-        };
-        // M = fl(m·log2 e); `rounding` is exactly m·log2 e − M.
-        let big_m = simd.mul_f32s(m, splat(LOG2E));
-        let rounding = simd.mul_add_f32s(m, splat(LOG2E), simd.neg_f32s(big_m));
-        let neg_m = simd.neg_f32s(big_m);
+        let shift = shift(simd, &k, raw_max);
+        let (m, neg_m) = (shift.m, shift.neg_m);
         let (mut exp, mut t_sum, mut target, mut spread_sum) = (zero, zero, zero, zero);
         for (c, &x) in xs.iter().enumerate() {
-            let x = match cap {
+            let x = match k.cap {
                 Some(cap) => vmath::softcap(simd, x, cap),
                 None => x,
             };
             let t = simd.mul_add_f32s(x, splat(LOG2E), neg_m);
             t_sum = simd.add_f32s(t_sum, t);
             exp = simd.add_f32s(exp, vmath::exp2(simd, t));
-            let is_target = simd.equal_u32s(label, simd.splat_u32s(c as u32));
+            let is_target = simd.equal_u32s(inputs.label, simd.splat_u32s(c as u32));
             target = simd.select_f32s(is_target, x, target);
-            if smoothing {
+            if k.smoothing {
                 // Σ_c w_c·(m − x_c), every term ≥ 0.
                 spread_sum =
                     simd.mul_add_e_f32s(splat(class_weights[c]), simd.sub_f32s(m, x), spread_sum);
             }
         }
-        // lse − m = (log2 Σ + rounding)·ln 2
-        let offset = simd.mul_f32s(
-            simd.add_f32s(vmath::log2(simd, exp), rounding),
-            splat(std::f32::consts::LN_2),
-        );
-        let lse = simd.add_f32s(m, offset);
-        let nll = simd.mul_f32s(hard, simd.add_f32s(simd.sub_f32s(m, target), offset));
-        let mut loss = simd.select_f32s(simd.equal_f32s(hard, zero), zero, nll);
-        if smoothing {
-            let smooth = simd.mul_add_e_f32s(splat(weight_sum), offset, spread_sum);
-            loss = simd.mul_add_e_f32s(splat(spread), smooth, loss);
-        }
-        if z_loss > 0.0 {
-            loss = simd.mul_add_e_f32s(simd.mul_f32s(splat(z_loss), lse), lse, loss);
-        }
-        let loss = simd.select_f32s(
-            simd.equal_f32s(sample, zero),
-            zero,
-            simd.mul_f32s(sample, loss),
-        );
-
-        // Lanes the f32 sums cannot vouch for go to the f64 reference. A
-        // finite M implies a finite m; M overflows for |m| > 2.4e38.
-        let mut ok = simd.and_m32s(
-            simd.less_than_f32s(vmath::abs(simd, big_m), inf),
-            simd.less_than_f32s(raw_max, inf),
-        );
-        ok = simd.and_m32s(
-            ok,
-            if smoothing {
-                simd.less_than_f32s(vmath::abs(simd, t_sum), inf)
-            } else {
-                simd.equal_f32s(t_sum, t_sum)
-            },
-        );
+        let sums = GroupSums {
+            exp,
+            t_sum,
+            target,
+            spread_sum,
+        };
         let i = first - rows.start;
-        vmath::store(simd, &mut out.losses[i..i + valid], loss);
-        if let Some(lses) = out.lse.as_deref_mut() {
-            vmath::store(simd, &mut lses[i..i + valid], lse);
-        }
+        let (lse, ok) = finish_group(simd, &k, &inputs, &shift, &sums, out, i, valid);
         if let (Some(scale), Some(gradient)) = (gradient_scale, out.gradient.as_deref_mut()) {
             let group = GroupRows {
-                label,
-                sample,
-                hard,
+                label: inputs.label,
+                sample: inputs.sample,
+                hard: inputs.hard,
                 lse,
                 exp,
                 neg_m,
             };
-            let columns = gradient_columns::<S, C>(simd, plan, &xs, &group, scale, cap);
+            let columns = gradient_columns::<S, C>(simd, plan, &xs, &group, scale, k.cap);
             // Columns back to rows: lane r of column c is row r's class c.
             let mut lanes_of = [[0.0f32; MAX_LANES]; C];
             for (lanes, &column) in lanes_of.iter_mut().zip(&columns) {
@@ -179,15 +311,144 @@ fn narrow_with<S: Simd, const C: usize, const PLAIN: bool>(
                 }
             }
         }
-        if !vmath::all(simd, ok) {
-            let ok = simd.select_f32s(ok, splat(1.0), zero);
-            vmath::store(simd, &mut lane_values[..valid], ok);
-            for (r, &lane_ok) in lane_values[..valid].iter().enumerate() {
-                if lane_ok == 0.0 && plan.active(first + r) {
-                    out.careful(plan, first + r, &mut scratch);
-                }
-            }
+        redo_unsure(simd, plan, ok, first, valid, out, &mut scratch);
+        first += valid;
+    }
+}
+
+/// Short rows (more than [`super::NARROW_MAX_CLASSES`], at most
+/// [`super::MEDIUM_MAX_CLASSES`] classes; labels, no gradient), a group
+/// of 8 rows at a time: each row's maximum, then its exps, by SIMD along
+/// the classes (the row is in L1 for the second pass); the rows' sums meet
+/// in lane vectors, so that the log, the loss and the checks are the narrow
+/// kernel's vector ops across rows. No per-row f64 state or scalar `log2`.
+#[inline(always)]
+pub(super) fn medium_rows<S: Simd>(simd: S, plan: &Plan<'_>, out: &mut ChunkOut<'_>) {
+    if plan.softcap.is_none() && plan.smoothing == 0.0 {
+        medium_with::<S, true>(simd, plan, out)
+    } else {
+        medium_with::<S, false>(simd, plan, out)
+    }
+}
+
+#[inline(always)]
+fn medium_with<S: Simd, const PLAIN: bool>(simd: S, plan: &Plan<'_>, out: &mut ChunkOut<'_>) {
+    let lanes = S::F32_LANES;
+    let k = Consts::new(plan, PLAIN);
+    let c = plan.classes;
+    let labels = plan.labels.unwrap_or(&[]);
+    let ones;
+    let weights = match plan.class_weights {
+        Some(w) => w,
+        None => {
+            ones = vec![1.0f32; if k.smoothing { c } else { 0 }];
+            &ones[..]
         }
+    };
+    let (weight_head, weight_tail) = S::as_simd_f32s(weights);
+    let zero = simd.splat_f32s(0.0);
+    let neg_inf = simd.splat_f32s(f32::NEG_INFINITY);
+    let log2e = simd.splat_f32s(LOG2E);
+    let mut scratch = Vec::new();
+    let rows = out.rows.clone();
+    let mut first = rows.start;
+    while first < rows.end {
+        let valid = (rows.end - first).min(lanes);
+        let inputs = group_inputs(simd, plan, &k, first, valid);
+        let mut lane = [[0.0f32; MAX_LANES]; 4];
+        for r in 0..valid {
+            let (head, tail) = S::as_simd_f32s(plan.row(first + r));
+            let mut max = neg_inf;
+            for &x in head {
+                max = simd.max_f32s(max, x);
+            }
+            let mut max = simd.reduce_max_f32s(max);
+            for &x in tail {
+                max = max.max(x);
+            }
+            lane[0][r] = max;
+        }
+        let shift = shift(simd, &k, vmath::load(simd, &lane[0][..valid]));
+        vmath::store(simd, &mut lane[0][..valid], shift.neg_m);
+        let neg_ms = lane[0];
+        vmath::store(simd, &mut lane[1][..valid], shift.m);
+        let ms = lane[1];
+        let (mut exps, mut t_sums, mut targets, mut spreads) = (
+            [0.0f32; MAX_LANES],
+            [0.0f32; MAX_LANES],
+            [0.0f32; MAX_LANES],
+            [0.0f32; MAX_LANES],
+        );
+        for r in 0..valid {
+            let row = plan.row(first + r);
+            let (head, tail) = S::as_simd_f32s(row);
+            let neg_m = simd.splat_f32s(neg_ms[r]);
+            let m = simd.splat_f32s(ms[r]);
+            let (mut exp, mut t_sum, mut spread) = (zero, zero, zero);
+            // A macro, not a closure: closures do not inherit the SIMD
+            // target features.
+            macro_rules! add {
+                ($x:expr, $w:expr, $mask:expr) => {{
+                    let x = match k.cap {
+                        Some(cap) => vmath::softcap(simd, $x, cap),
+                        None => $x,
+                    };
+                    let t = simd.mul_add_f32s(x, log2e, neg_m);
+                    let e = vmath::exp2(simd, t);
+                    let (t, e) = match $mask {
+                        Some(mask) => (
+                            simd.select_f32s(mask, t, zero),
+                            simd.select_f32s(mask, e, zero),
+                        ),
+                        None => (t, e),
+                    };
+                    t_sum = simd.add_f32s(t_sum, t);
+                    exp = simd.add_f32s(exp, e);
+                    if k.smoothing {
+                        let s = simd.mul_f32s($w, simd.sub_f32s(m, x));
+                        let s = match $mask {
+                            Some(mask) => simd.select_f32s(mask, s, zero),
+                            None => s,
+                        };
+                        spread = simd.add_f32s(spread, s);
+                    }
+                }};
+            }
+            for (j, &x) in head.iter().enumerate() {
+                let w = if k.smoothing { weight_head[j] } else { zero };
+                add!(x, w, None::<S::m32s>);
+            }
+            if !tail.is_empty() {
+                let mask = simd.mask_between_m32s(0, tail.len() as u32).mask();
+                let w = if k.smoothing {
+                    simd.partial_load_f32s(weight_tail)
+                } else {
+                    zero
+                };
+                add!(simd.partial_load_f32s(tail), w, Some(mask));
+            }
+            exps[r] = simd.reduce_sum_f32s(exp);
+            t_sums[r] = simd.reduce_sum_f32s(t_sum);
+            spreads[r] = simd.reduce_sum_f32s(spread);
+            let y = labels[first + r];
+            // 0 for an ignored row's label.
+            targets[r] = usize::try_from(y)
+                .ok()
+                .and_then(|y| row.get(y))
+                .map_or(0.0, |&x| x);
+        }
+        let sums = GroupSums {
+            exp: vmath::load(simd, &exps[..valid]),
+            t_sum: vmath::load(simd, &t_sums[..valid]),
+            target: match k.cap {
+                Some(cap) => vmath::softcap(simd, vmath::load(simd, &targets[..valid]), cap),
+                None => vmath::load(simd, &targets[..valid]),
+            },
+            spread_sum: vmath::load(simd, &spreads[..valid]),
+        };
+        let i = first - rows.start;
+        let (_, ok) = finish_group(simd, &k, &inputs, &shift, &sums, out, i, valid);
+        redo_unsure(simd, plan, ok, first, valid, out, &mut scratch);
         first += valid;
     }
 }

@@ -270,12 +270,12 @@ impl RowState {
     /// The row's log-sum-exp, with the rounding of `M` taken back out.
     fn lse(&self) -> f64 {
         let rounding = self.m as f64 * LOG2E64 - self.big_m as f64;
-        self.m as f64 + (self.exp.log2() + rounding) / LOG2E64
+        self.m as f64 + (self.exp.log2() + rounding) * std::f64::consts::LN_2
     }
 
     /// `Σ_c a_c·(lse − x_c)`.
     fn spread_sum(&self, lse: f64) -> f64 {
-        self.a * lse - (self.am + self.t) / LOG2E64
+        self.a * lse - (self.am + self.t) * std::f64::consts::LN_2
     }
 }
 
