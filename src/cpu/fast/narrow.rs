@@ -355,30 +355,29 @@ fn medium_with<S: Simd, const PLAIN: bool>(simd: S, plan: &Plan<'_>, out: &mut C
     while first < rows.end {
         let valid = (rows.end - first).min(lanes);
         let inputs = group_inputs(simd, plan, &k, first, valid);
-        let mut lane = [[0.0f32; MAX_LANES]; 4];
-        for r in 0..valid {
+        let mut maxes = [0.0f32; MAX_LANES];
+        for (r, row_max) in maxes[..valid].iter_mut().enumerate() {
             let (head, tail) = S::as_simd_f32s(plan.row(first + r));
             let mut max = neg_inf;
             for &x in head {
                 max = simd.max_f32s(max, x);
             }
-            let mut max = simd.reduce_max_f32s(max);
+            *row_max = simd.reduce_max_f32s(max);
             for &x in tail {
-                max = max.max(x);
+                *row_max = row_max.max(x);
             }
-            lane[0][r] = max;
         }
-        let shift = shift(simd, &k, vmath::load(simd, &lane[0][..valid]));
-        vmath::store(simd, &mut lane[0][..valid], shift.neg_m);
-        let neg_ms = lane[0];
-        vmath::store(simd, &mut lane[1][..valid], shift.m);
-        let ms = lane[1];
+        let shift = shift(simd, &k, vmath::load(simd, &maxes[..valid]));
+        let (mut neg_ms, mut ms) = ([0.0f32; MAX_LANES], [0.0f32; MAX_LANES]);
+        vmath::store(simd, &mut neg_ms[..valid], shift.neg_m);
+        vmath::store(simd, &mut ms[..valid], shift.m);
         let (mut exps, mut t_sums, mut targets, mut spreads) = (
             [0.0f32; MAX_LANES],
             [0.0f32; MAX_LANES],
             [0.0f32; MAX_LANES],
             [0.0f32; MAX_LANES],
         );
+        #[allow(clippy::needless_range_loop)] // r indexes five lane arrays
         for r in 0..valid {
             let row = plan.row(first + r);
             let (head, tail) = S::as_simd_f32s(row);
