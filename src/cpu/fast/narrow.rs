@@ -1,8 +1,15 @@
-//! Narrow rows (C ≤ [`super::NARROW_MAX_CLASSES`], labels): one row per SIMD lane. A group of rows is
-//! transposed so that vector `c` holds class c of every row; the max, the
-//! exps, the target pick, the log and the loss (and, when asked for, the
-//! gradient's columns) are then all vector ops across rows. C is a const
-//! parameter, so the transpose and the class loop are fully unrolled.
+//! Lane-group kernels for short rows with labels.
+//!
+//! Narrow rows (C ≤ [`super::NARROW_MAX_CLASSES`]): one row per SIMD lane. A
+//! group of rows is transposed so that vector `c` holds class c of every
+//! row; the max, the exps, the target pick, the log and the loss (and, when
+//! asked for, the gradient's columns) are then all vector ops across rows.
+//! C is a const parameter, so the transpose and the class loop are fully
+//! unrolled.
+//!
+//! Medium rows (up to [`super::MEDIUM_MAX_CLASSES`], no gradient): SIMD
+//! along each row's classes, 8 rows a group; the rows' sums then take the
+//! narrow kernel's epilogue ([`finish_group`]).
 
 use pulp::Simd;
 
@@ -56,6 +63,7 @@ impl Consts {
 /// A lane group's per-row inputs: labels, sample weights and `(1 − ε)·w_y`,
 /// the last two 0 for ignored rows; padding lanes read label 0, weight 1
 /// and are never stored.
+#[derive(Clone, Copy)]
 struct GroupInputs<S: Simd> {
     label: S::u32s,
     sample: S::f32s,
@@ -289,9 +297,7 @@ fn narrow_with<S: Simd, const C: usize, const PLAIN: bool>(
         let (lse, ok) = finish_group(simd, &k, &inputs, &shift, &sums, out, i, valid);
         if let (Some(scale), Some(gradient)) = (gradient_scale, out.gradient.as_deref_mut()) {
             let group = GroupRows {
-                label: inputs.label,
-                sample: inputs.sample,
-                hard: inputs.hard,
+                inputs: &inputs,
                 lse,
                 exp,
                 neg_m,
@@ -452,14 +458,9 @@ fn medium_with<S: Simd, const PLAIN: bool>(simd: S, plan: &Plan<'_>, out: &mut C
     }
 }
 
-/// A lane group's per-row vectors that its gradient needs.
-struct GroupRows<S: Simd> {
-    /// The labels, as `u32`s.
-    label: S::u32s,
-    /// Sample weights, 0 for ignored rows.
-    sample: S::f32s,
-    /// `(1 − ε)·w_y`, 0 for ignored rows.
-    hard: S::f32s,
+/// What a lane group's gradient needs besides its inputs.
+struct GroupRows<'g, S: Simd> {
+    inputs: &'g GroupInputs<S>,
     lse: S::f32s,
     /// `Σ_c 2^(x_c·log2(e) − M)`.
     exp: S::f32s,
@@ -477,18 +478,23 @@ fn gradient_columns<S: Simd, const C: usize>(
     simd: S,
     plan: &Plan<'_>,
     xs: &[S::f32s; C],
-    rows: &GroupRows<S>,
+    rows: &GroupRows<'_, S>,
     scale: f32,
     cap: Option<f32>,
 ) -> [S::f32s; C] {
     let zero = simd.splat_f32s(0.0);
     let spread = (plan.smoothing / C as f64) as f32;
-    let k0 = simd.mul_f32s(rows.sample, simd.splat_f32s(scale));
+    let GroupInputs {
+        label,
+        sample,
+        hard,
+    } = *rows.inputs;
+    let k0 = simd.mul_f32s(sample, simd.splat_f32s(scale));
     // Σ_k a_k = (1 − ε)·w_y + ε/C·Σ_k w_k.
     let total = simd.mul_add_e_f32s(
         simd.splat_f32s(spread),
         simd.splat_f32s(plan.class_weight_sum as f32),
-        rows.hard,
+        hard,
     );
     let total = if plan.z_loss > 0.0 {
         let z_term = simd.mul_f32s(simd.splat_f32s(2.0 * plan.z_loss as f32), rows.lse);
@@ -497,8 +503,8 @@ fn gradient_columns<S: Simd, const C: usize>(
         total
     };
     let k1 = simd.div_f32s(simd.mul_f32s(k0, total), rows.exp);
-    let target = simd.mul_f32s(k0, rows.hard);
-    let inactive = simd.equal_f32s(rows.sample, zero);
+    let target = simd.mul_f32s(k0, hard);
+    let inactive = simd.equal_f32s(sample, zero);
     let mut columns = [zero; C];
     for (c, (column, &x)) in columns.iter_mut().zip(xs).enumerate() {
         let z = match cap {
@@ -514,7 +520,7 @@ fn gradient_columns<S: Simd, const C: usize>(
             let a = simd.splat_f32s(spread * plan.class_weight(c));
             g = simd.sub_f32s(g, simd.mul_f32s(k0, a));
         }
-        let is_target = simd.equal_u32s(rows.label, simd.splat_u32s(c as u32));
+        let is_target = simd.equal_u32s(label, simd.splat_u32s(c as u32));
         g = simd.select_f32s(is_target, simd.sub_f32s(g, target), g);
         if let Some(cap) = cap {
             let u = simd.mul_f32s(z, simd.splat_f32s(1.0 / cap));
