@@ -426,6 +426,22 @@ fn extreme_logits_match_reference() {
                         &batch,
                         &format!("{what} gradient"),
                     );
+                    // Dense targets on the same rows: the label's class
+                    // 0.75, the rest spread over the others.
+                    let dense: Vec<f32> = labels
+                        .iter()
+                        .flat_map(|&y| {
+                            (0..classes).map(move |c| {
+                                if c == y as usize {
+                                    0.75
+                                } else {
+                                    0.25 / (classes - 1) as f32
+                                }
+                            })
+                        })
+                        .collect();
+                    let batch = Batch::with_dense(&logits, classes, &dense);
+                    check(&spec, &batch, &format!("{what} dense"));
                 }
             }
         }

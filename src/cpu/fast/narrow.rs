@@ -42,9 +42,17 @@ struct Consts {
     weight_sum: f32,
     z_loss: f32,
     smoothing: bool,
+    /// Dense targets (the medium kernel only).
+    dense: bool,
 }
 
 impl Consts {
+    /// Whether the loss has spread terms `Σ_c a_c·(lse − x_c)` besides the
+    /// target's: smoothing or dense targets.
+    fn spreads(&self) -> bool {
+        self.smoothing || self.dense
+    }
+
     /// `plain`: no soft cap and no smoothing, whatever the plan says (the
     /// callers only pass it when the plan has neither).
     fn new(plan: &Plan<'_>, plain: bool) -> Self {
@@ -56,6 +64,7 @@ impl Consts {
             weight_sum: plan.class_weight_sum as f32,
             z_loss: plan.z_loss as f32,
             smoothing: !plain && eps > 0.0,
+            dense: plan.dense.is_some(),
         }
     }
 }
@@ -78,17 +87,24 @@ fn group_inputs<S: Simd>(
     first: usize,
     valid: usize,
 ) -> GroupInputs<S> {
-    let labels = plan.labels.unwrap_or(&[]);
     let zero = simd.splat_f32s(0.0);
+    let mut sample = match plan.batch.sample_weights {
+        Some(weights) => vmath::load(simd, &weights[first..first + valid]),
+        None => simd.splat_f32s(1.0),
+    };
+    let Some(labels) = plan.labels else {
+        // Dense targets: no target class, every term a spread one.
+        return GroupInputs {
+            label: simd.splat_u32s(u32::MAX),
+            sample,
+            hard: zero,
+        };
+    };
     let label = vmath::load_i32(simd, &labels[first..first + valid]);
     let ignored = plan
         .spec
         .ignore_index
         .map(|ignore| simd.equal_i32s(label, simd.splat_i32s(ignore)));
-    let mut sample = match plan.batch.sample_weights {
-        Some(weights) => vmath::load(simd, &weights[first..first + valid]),
-        None => simd.splat_f32s(1.0),
-    };
     let mut hard = match plan.class_weights {
         Some(weights) => {
             let mut values = [0.0f32; MAX_LANES];
@@ -142,11 +158,13 @@ fn shift<S: Simd>(simd: S, k: &Consts, raw_max: S::f32s) -> Shift<S> {
 }
 
 /// A lane group's row sums: `Σ 2^t` and `Σ t` with `t = x·log2 e − M`, the
-/// target's (soft-capped) logit, and with smoothing `Σ_c w_c·(m − x_c)`.
+/// target's (soft-capped) logit, and with spread terms (smoothing or dense
+/// targets, weights `a_c`) `Σ_c a_c` and `Σ_c a_c·(m − x_c)`.
 struct GroupSums<S: Simd> {
     exp: S::f32s,
     t_sum: S::f32s,
     target: S::f32s,
+    spread_total: S::f32s,
     spread_sum: S::f32s,
 }
 
@@ -183,9 +201,10 @@ fn finish_group<S: Simd>(
     let hard = inputs.hard;
     let nll = simd.mul_f32s(hard, simd.add_f32s(simd.sub_f32s(m, sums.target), offset));
     let mut loss = simd.select_f32s(simd.equal_f32s(hard, zero), zero, nll);
-    if k.smoothing {
-        let smooth = simd.mul_add_e_f32s(splat(k.weight_sum), offset, sums.spread_sum);
-        loss = simd.mul_add_e_f32s(splat(k.spread), smooth, loss);
+    if k.spreads() {
+        // Σ_c a_c·(lse − x_c) = Σ_c a_c·(m − x_c) + (Σ_c a_c)·(lse − m).
+        let spread = simd.mul_add_e_f32s(sums.spread_total, offset, sums.spread_sum);
+        loss = simd.add_f32s(loss, spread);
     }
     if k.z_loss > 0.0 {
         loss = simd.mul_add_e_f32s(simd.mul_f32s(splat(k.z_loss), lse), lse, loss);
@@ -205,7 +224,7 @@ fn finish_group<S: Simd>(
     );
     ok = simd.and_m32s(
         ok,
-        if k.smoothing {
+        if k.spreads() {
             simd.less_than_f32s(vmath::abs(simd, sums.t_sum), inf)
         } else {
             simd.equal_f32s(sums.t_sum, sums.t_sum)
@@ -252,7 +271,8 @@ fn narrow_with<S: Simd, const C: usize, const PLAIN: bool>(
 ) {
     let lanes = S::F32_LANES;
     let k = Consts::new(plan, PLAIN);
-    let class_weights: [f32; C] = std::array::from_fn(|c| plan.class_weight(c));
+    // a_c of the smoothing terms: ε/C·w_c.
+    let spread_weights: [f32; C] = std::array::from_fn(|c| k.spread * plan.class_weight(c));
     let gradient_scale = plan.gradient_scale.map(|scale| scale as f32);
     let splat = |v: f32| simd.splat_f32s(v);
     let zero = splat(0.0);
@@ -282,15 +302,16 @@ fn narrow_with<S: Simd, const C: usize, const PLAIN: bool>(
             let is_target = simd.equal_u32s(inputs.label, simd.splat_u32s(c as u32));
             target = simd.select_f32s(is_target, x, target);
             if k.smoothing {
-                // Σ_c w_c·(m − x_c), every term ≥ 0.
+                // Σ_c a_c·(m − x_c), every term ≥ 0.
                 spread_sum =
-                    simd.mul_add_e_f32s(splat(class_weights[c]), simd.sub_f32s(m, x), spread_sum);
+                    simd.mul_add_e_f32s(splat(spread_weights[c]), simd.sub_f32s(m, x), spread_sum);
             }
         }
         let sums = GroupSums {
             exp,
             t_sum,
             target,
+            spread_total: splat(k.spread * k.weight_sum),
             spread_sum,
         };
         let i = first - rows.start;
@@ -343,18 +364,13 @@ fn medium_with<S: Simd, const PLAIN: bool>(simd: S, plan: &Plan<'_>, out: &mut C
     let k = Consts::new(plan, PLAIN);
     let c = plan.classes;
     let labels = plan.labels.unwrap_or(&[]);
-    let ones;
-    let weights = match plan.class_weights {
-        Some(w) => w,
-        None => {
-            ones = vec![1.0f32; if k.smoothing { c } else { 0 }];
-            &ones[..]
-        }
-    };
-    let (weight_head, weight_tail) = S::as_simd_f32s(weights);
+    let weighted = plan.class_weights.is_some();
+    let (weight_head, weight_tail) = S::as_simd_f32s(plan.class_weights.unwrap_or(&[]));
     let zero = simd.splat_f32s(0.0);
+    let one = simd.splat_f32s(1.0);
     let neg_inf = simd.splat_f32s(f32::NEG_INFINITY);
     let log2e = simd.splat_f32s(LOG2E);
+    let (keep, spread) = (simd.splat_f32s(k.keep), simd.splat_f32s(k.spread));
     let mut scratch = Vec::new();
     let rows = out.rows.clone();
     let mut first = rows.start;
@@ -377,79 +393,98 @@ fn medium_with<S: Simd, const PLAIN: bool>(simd: S, plan: &Plan<'_>, out: &mut C
         let (mut neg_ms, mut ms) = ([0.0f32; MAX_LANES], [0.0f32; MAX_LANES]);
         vmath::store(simd, &mut neg_ms[..valid], shift.neg_m);
         vmath::store(simd, &mut ms[..valid], shift.m);
-        let (mut exps, mut t_sums, mut targets, mut spreads) = (
-            [0.0f32; MAX_LANES],
-            [0.0f32; MAX_LANES],
-            [0.0f32; MAX_LANES],
-            [0.0f32; MAX_LANES],
-        );
-        #[allow(clippy::needless_range_loop)] // r indexes five lane arrays
+        // Per-row sums, gathered into lanes.
+        const EXP: usize = 0;
+        const T_SUM: usize = 1;
+        const TOTAL: usize = 2;
+        const SPREAD: usize = 3;
+        const TARGET: usize = 4;
+        let mut lane = [[0.0f32; MAX_LANES]; 5];
         for r in 0..valid {
-            let row = plan.row(first + r);
+            let n = first + r;
+            let row = plan.row(n);
             let (head, tail) = S::as_simd_f32s(row);
+            let (target_head, target_tail) = match plan.dense {
+                Some(t) => S::as_simd_f32s(&t[n * c..(n + 1) * c]),
+                None => (&[][..], &[][..]),
+            };
             let neg_m = simd.splat_f32s(neg_ms[r]);
             let m = simd.splat_f32s(ms[r]);
-            let (mut exp, mut t_sum, mut spread) = (zero, zero, zero);
-            // A macro, not a closure: closures do not inherit the SIMD
-            // target features.
+            let (mut exp, mut t_sum, mut total, mut spread_sum) = (zero, zero, zero, zero);
+            // Macros, not closures: closures do not inherit the SIMD target
+            // features. `$w` is the class weight, `$t` the dense target;
+            // `$mask` keeps the lanes of a partial vector.
+            macro_rules! masked {
+                ($mask:expr, $v:expr) => {
+                    match $mask {
+                        Some(mask) => simd.select_f32s(mask, $v, zero),
+                        None => $v,
+                    }
+                };
+            }
             macro_rules! add {
-                ($x:expr, $w:expr, $mask:expr) => {{
+                ($x:expr, $w:expr, $t:expr, $mask:expr) => {{
                     let x = match k.cap {
                         Some(cap) => vmath::softcap(simd, $x, cap),
                         None => $x,
                     };
                     let t = simd.mul_add_f32s(x, log2e, neg_m);
                     let e = vmath::exp2(simd, t);
-                    let (t, e) = match $mask {
-                        Some(mask) => (
-                            simd.select_f32s(mask, t, zero),
-                            simd.select_f32s(mask, e, zero),
-                        ),
-                        None => (t, e),
-                    };
-                    t_sum = simd.add_f32s(t_sum, t);
-                    exp = simd.add_f32s(exp, e);
-                    if k.smoothing {
-                        let s = simd.mul_f32s($w, simd.sub_f32s(m, x));
-                        let s = match $mask {
-                            Some(mask) => simd.select_f32s(mask, s, zero),
-                            None => s,
+                    t_sum = simd.add_f32s(t_sum, masked!($mask, t));
+                    exp = simd.add_f32s(exp, masked!($mask, e));
+                    if k.spreads() {
+                        // a_c = w_c·((1 − ε)·t_c + ε/C), or ε/C·w_c with labels.
+                        let a = if k.dense {
+                            simd.mul_f32s($w, simd.mul_add_e_f32s($t, keep, spread))
+                        } else {
+                            simd.mul_f32s($w, spread)
                         };
-                        spread = simd.add_f32s(spread, s);
+                        let a = masked!($mask, a);
+                        total = simd.add_f32s(total, a);
+                        spread_sum = simd.mul_add_e_f32s(a, simd.sub_f32s(m, x), spread_sum);
                     }
                 }};
             }
             for (j, &x) in head.iter().enumerate() {
-                let w = if k.smoothing { weight_head[j] } else { zero };
-                add!(x, w, None::<S::m32s>);
+                let w = if weighted { weight_head[j] } else { one };
+                let t = if k.dense { target_head[j] } else { zero };
+                add!(x, w, t, None::<S::m32s>);
             }
             if !tail.is_empty() {
                 let mask = simd.mask_between_m32s(0, tail.len() as u32).mask();
-                let w = if k.smoothing {
+                let w = if weighted {
                     simd.partial_load_f32s(weight_tail)
+                } else {
+                    one
+                };
+                let t = if k.dense {
+                    simd.partial_load_f32s(target_tail)
                 } else {
                     zero
                 };
-                add!(simd.partial_load_f32s(tail), w, Some(mask));
+                add!(simd.partial_load_f32s(tail), w, t, Some(mask));
             }
-            exps[r] = simd.reduce_sum_f32s(exp);
-            t_sums[r] = simd.reduce_sum_f32s(t_sum);
-            spreads[r] = simd.reduce_sum_f32s(spread);
-            let y = labels[first + r];
-            // 0 for an ignored row's label.
-            targets[r] = usize::try_from(y)
-                .ok()
+            lane[EXP][r] = simd.reduce_sum_f32s(exp);
+            lane[T_SUM][r] = simd.reduce_sum_f32s(t_sum);
+            lane[TOTAL][r] = simd.reduce_sum_f32s(total);
+            lane[SPREAD][r] = simd.reduce_sum_f32s(spread_sum);
+            // The target's logit; 0 for an ignored row's label or dense targets.
+            lane[TARGET][r] = labels
+                .get(n)
+                .and_then(|&y| usize::try_from(y).ok())
                 .and_then(|y| row.get(y))
                 .map_or(0.0, |&x| x);
         }
+        let target = vmath::load(simd, &lane[TARGET][..valid]);
         let sums = GroupSums {
-            exp: vmath::load(simd, &exps[..valid]),
-            t_sum: vmath::load(simd, &t_sums[..valid]),
+            exp: vmath::load(simd, &lane[EXP][..valid]),
+            t_sum: vmath::load(simd, &lane[T_SUM][..valid]),
             target: match k.cap {
-                Some(cap) => vmath::softcap(simd, vmath::load(simd, &targets[..valid]), cap),
-                None => vmath::load(simd, &targets[..valid]),
+                Some(cap) => vmath::softcap(simd, target, cap),
+                None => target,
             },
-            spread_sum: vmath::load(simd, &spreads[..valid]),
+            spread_total: vmath::load(simd, &lane[TOTAL][..valid]),
+            spread_sum: vmath::load(simd, &lane[SPREAD][..valid]),
         };
         let i = first - rows.start;
         let (_, ok) = finish_group(simd, &k, &inputs, &shift, &sums, out, i, valid);
