@@ -323,7 +323,7 @@ fn narrow_with<S: Simd, const C: usize, const PLAIN: bool>(
                 exp,
                 neg_m,
             };
-            let columns = gradient_columns::<S, C>(simd, plan, &xs, &group, scale, k.cap);
+            let columns = gradient_columns::<S, C>(simd, plan, &k, &xs, &group, scale);
             // Columns back to rows: lane r of column c is row r's class c.
             let mut lanes_of = [[0.0f32; MAX_LANES]; C];
             for (lanes, &column) in lanes_of.iter_mut().zip(&columns) {
@@ -512,13 +512,13 @@ struct GroupRows<'g, S: Simd> {
 fn gradient_columns<S: Simd, const C: usize>(
     simd: S,
     plan: &Plan<'_>,
+    k: &Consts,
     xs: &[S::f32s; C],
     rows: &GroupRows<'_, S>,
     scale: f32,
-    cap: Option<f32>,
 ) -> [S::f32s; C] {
     let zero = simd.splat_f32s(0.0);
-    let spread = (plan.smoothing / C as f64) as f32;
+    let spread = k.spread;
     let GroupInputs {
         label,
         sample,
@@ -526,13 +526,9 @@ fn gradient_columns<S: Simd, const C: usize>(
     } = *rows.inputs;
     let k0 = simd.mul_f32s(sample, simd.splat_f32s(scale));
     // Σ_k a_k = (1 − ε)·w_y + ε/C·Σ_k w_k.
-    let total = simd.mul_add_e_f32s(
-        simd.splat_f32s(spread),
-        simd.splat_f32s(plan.class_weight_sum as f32),
-        hard,
-    );
-    let total = if plan.z_loss > 0.0 {
-        let z_term = simd.mul_f32s(simd.splat_f32s(2.0 * plan.z_loss as f32), rows.lse);
+    let total = simd.mul_add_e_f32s(simd.splat_f32s(spread), simd.splat_f32s(k.weight_sum), hard);
+    let total = if k.z_loss > 0.0 {
+        let z_term = simd.mul_f32s(simd.splat_f32s(2.0 * k.z_loss), rows.lse);
         simd.add_f32s(total, z_term)
     } else {
         total
@@ -542,7 +538,7 @@ fn gradient_columns<S: Simd, const C: usize>(
     let inactive = simd.equal_f32s(sample, zero);
     let mut columns = [zero; C];
     for (c, (column, &x)) in columns.iter_mut().zip(xs).enumerate() {
-        let z = match cap {
+        let z = match k.cap {
             Some(cap) => vmath::softcap(simd, x, cap),
             None => x,
         };
@@ -557,7 +553,7 @@ fn gradient_columns<S: Simd, const C: usize>(
         }
         let is_target = simd.equal_u32s(label, simd.splat_u32s(c as u32));
         g = simd.select_f32s(is_target, simd.sub_f32s(g, target), g);
-        if let Some(cap) = cap {
+        if let Some(cap) = k.cap {
             let u = simd.mul_f32s(z, simd.splat_f32s(1.0 / cap));
             g = simd.mul_f32s(g, simd.sub_f32s(simd.splat_f32s(1.0), simd.mul_f32s(u, u)));
         }
