@@ -105,9 +105,12 @@ fn gpu_bench_reports_the_roofline_and_the_round_trip() {
         let adapter = v["adapter"].as_str().unwrap();
         if adapter.contains("llvmpipe") {
             // lavapipe has timestamp queries: kernel time is measured there.
-            positive(&v, "kernel_ms");
-            positive(&v, "kernel_gbps");
-            assert!(positive(&v, "kernel_ms") <= positive(&v, "end_to_end_ms") * 1.5);
+            // The two are medians of different samples, so only their
+            // consistency with the model bytes is checked, never their order.
+            let kernel_ms = positive(&v, "kernel_ms");
+            let kernel_gbps = positive(&v, "kernel_gbps");
+            let implied = model_bytes as f64 / (kernel_ms * 1e-3) / 1e9;
+            assert!((kernel_gbps / implied - 1.0).abs() < 1e-6, "{v}");
         }
     }
 }
