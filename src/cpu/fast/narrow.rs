@@ -452,16 +452,8 @@ fn medium_with<S: Simd, const PLAIN: bool>(simd: S, plan: &Plan<'_>, out: &mut C
             }
             if !tail.is_empty() {
                 let mask = simd.mask_between_m32s(0, tail.len() as u32).mask();
-                let w = if weighted {
-                    simd.partial_load_f32s(weight_tail)
-                } else {
-                    one
-                };
-                let t = if k.dense {
-                    simd.partial_load_f32s(target_tail)
-                } else {
-                    zero
-                };
+                let w = vmath::tail_or(simd, weighted, weight_tail, one);
+                let t = vmath::tail_or(simd, k.dense, target_tail, zero);
                 add!(simd.partial_load_f32s(tail), w, t, Some(mask));
             }
             lane[EXP][r] = simd.reduce_sum_f32s(exp);

@@ -173,16 +173,8 @@ fn block<S: Simd, const MODE: u8, const W: bool, const CAP: bool>(
     }
     if !x_tail.is_empty() {
         let mask = simd.mask_between_m32s(0, x_tail.len() as u32).mask();
-        let w = if MODE == WEIGHTED || W {
-            simd.partial_load_f32s(w_tail)
-        } else {
-            zero
-        };
-        let target = if MODE == DENSE {
-            simd.partial_load_f32s(t_tail)
-        } else {
-            zero
-        };
+        let w = vmath::tail_or(simd, MODE == WEIGHTED || W, w_tail, zero);
+        let target = vmath::tail_or(simd, MODE == DENSE, t_tail, zero);
         let mut tail = Acc::zero(simd);
         step::<S, MODE, W, CAP>(
             simd,
@@ -560,16 +552,8 @@ fn gradient_row<S: Simd, const MODE: u8, const W: bool, const CAP: bool>(
         *g = element!(x, w, target);
     }
     if !x_tail.is_empty() {
-        let w = if weighted {
-            simd.partial_load_f32s(w_tail)
-        } else {
-            zero
-        };
-        let target = if dense {
-            simd.partial_load_f32s(t_tail)
-        } else {
-            zero
-        };
+        let w = vmath::tail_or(simd, weighted, w_tail, zero);
+        let target = vmath::tail_or(simd, dense, t_tail, zero);
         let g = element!(simd.partial_load_f32s(x_tail), w, target);
         simd.partial_store_f32s(g_tail, g);
     }
@@ -727,16 +711,8 @@ fn weighted_logs<S: Simd>(
         }
         if !p_tail.is_empty() {
             let mask = simd.mask_between_m32s(0, p_tail.len() as u32).mask();
-            let w = if weighted {
-                simd.partial_load_f32s(w_tail)
-            } else {
-                zero
-            };
-            let target = if dense {
-                simd.partial_load_f32s(t_tail)
-            } else {
-                zero
-            };
+            let w = vmath::tail_or(simd, weighted, w_tail, zero);
+            let target = vmath::tail_or(simd, dense, t_tail, zero);
             let p = simd.select_f32s(mask, simd.partial_load_f32s(p_tail), simd.splat_f32s(1.0));
             acc[0] = simd.add_f32s(acc[0], simd.select_f32s(mask, term!(p, w, target), zero));
         }

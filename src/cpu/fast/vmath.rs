@@ -160,6 +160,17 @@ pub(super) fn load<S: Simd>(simd: S, values: &[f32]) -> S::f32s {
     }
 }
 
+/// A row tail's optional input: the partial load of `values` (zeros past
+/// their end) when `on`, else `default` in every lane.
+#[inline(always)]
+pub(super) fn tail_or<S: Simd>(simd: S, on: bool, values: &[f32], default: S::f32s) -> S::f32s {
+    if on {
+        simd.partial_load_f32s(values)
+    } else {
+        default
+    }
+}
+
 /// [`load`] for `i32`.
 #[inline(always)]
 pub(super) fn load_i32<S: Simd>(simd: S, values: &[i32]) -> S::i32s {
