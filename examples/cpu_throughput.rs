@@ -8,10 +8,13 @@
 //! cargo run --release --example cpu_throughput -- 5 bandwidth # only the bandwidth
 //! cargo run --release --example cpu_throughput -- 10 scalar 65536x10 # also a plain scalar loop
 //! cargo run --release --example cpu_throughput -- 10 64x1000          # any BxC shape
+//! cargo run --release --example cpu_throughput -- 10 probs dense 65536x10 # probabilities, one-hot targets
 //! ```
 //!
 //! `scalar` adds, per shape, a plain one-thread f32 loop (max, Σ exp, log,
 //! label logit; `f32::exp`) as the baseline a GPU kernel is held to.
+//! `probs` feeds each row's softmax as probabilities (Keras
+//! `from_logits=False`); `dense` gives one-hot targets instead of labels.
 //!
 //! `tools/xla_bench.py` prints the same lines for JAX/XLA; BENCHMARKS.md
 //! alternates the two.
@@ -20,7 +23,7 @@ use std::hint::black_box;
 use std::time::Instant;
 
 use fused_loss::cpu::fast;
-use fused_loss::{Batch, CrossEntropy};
+use fused_loss::{Batch, CrossEntropy, InputKind};
 use rayon::prelude::*;
 
 const SHAPES: [(usize, usize); 4] = [(65_536, 10), (4096, 1000), (512, 32_000), (16, 262_144)];
@@ -106,8 +109,12 @@ fn main() {
     let mut args = std::env::args().skip(1);
     let rounds: usize = args.next().map_or(10, |a| a.parse().expect("rounds"));
     let wanted: Vec<String> = args.collect();
-    let scalar = wanted.iter().any(|w| w == "scalar");
-    let named: Vec<&String> = wanted.iter().filter(|w| *w != "scalar").collect();
+    let flag = |name: &str| wanted.iter().any(|w| w == name);
+    let (scalar, probabilities, dense) = (flag("scalar"), flag("probs"), flag("dense"));
+    let named: Vec<&String> = wanted
+        .iter()
+        .filter(|w| !["scalar", "probs", "dense"].contains(&w.as_str()))
+        .collect();
     let want = |name: &str| named.is_empty() || named.iter().any(|w| *w == name);
     // Any `BxC` named runs that shape; with none named, the standard ones.
     let mut shapes: Vec<(usize, usize)> = named
@@ -125,11 +132,29 @@ fn main() {
         fast::Isa::Detect.name(),
         rayon::current_num_threads()
     );
-    let spec = CrossEntropy::new();
+    let spec = if probabilities {
+        CrossEntropy::new().with_input(InputKind::Probabilities)
+    } else {
+        CrossEntropy::new()
+    };
     for (b, c) in shapes {
         let name = format!("{b}x{c}");
-        let (logits, labels) = synthetic(b, c);
-        let batch = Batch::with_labels(&logits, c, &labels);
+        let (mut logits, labels) = synthetic(b, c);
+        if probabilities {
+            for row in logits.chunks_exact_mut(c) {
+                let total: f32 = row.iter().map(|x| x.exp()).sum();
+                row.iter_mut().for_each(|x| *x = x.exp() / total);
+            }
+        }
+        let one_hot: Vec<f32> = labels
+            .iter()
+            .flat_map(|&y| (0..c).map(move |k| f32::from(k == y as usize)))
+            .collect();
+        let batch = if dense {
+            Batch::with_dense(&logits, c, &one_hot)
+        } else {
+            Batch::with_labels(&logits, c, &labels)
+        };
         let seconds = time(rounds, || {
             black_box(fast::cross_entropy(&spec, &batch).unwrap());
         });

@@ -342,7 +342,8 @@ fn logit_options_match_reference() {
     }
 }
 
-/// Every row width around the SIMD and block boundaries, narrow and wide.
+/// Every row width around the SIMD and block boundaries, narrow and wide;
+/// logits with labels, probabilities with labels and dense targets.
 #[test]
 fn every_width_matches_reference() {
     let mut rng = Rng::new(3);
@@ -353,6 +354,8 @@ fn every_width_matches_reference() {
         let b = (20_000 / c).clamp(3, 3000);
         let logits = rng.logits(b * c, 10.0);
         let labels = rng.labels(b, c);
+        let probabilities = rng.distributions(b, c);
+        let soft = rng.distributions(b, c);
         for smoothing in [0.0, 0.3] {
             let spec = CrossEntropy::new()
                 .with_label_smoothing(smoothing)
@@ -362,6 +365,19 @@ fn every_width_matches_reference() {
                 &spec,
                 &Batch::with_labels(&logits, c, &labels),
                 &format!("{b}x{c} eps={smoothing}"),
+            );
+            let spec = spec
+                .with_row_lse(false)
+                .with_input(InputKind::Probabilities);
+            check(
+                &spec,
+                &Batch::with_labels(&probabilities, c, &labels),
+                &format!("{b}x{c} probabilities eps={smoothing}"),
+            );
+            check(
+                &spec,
+                &Batch::with_dense(&probabilities, c, &soft),
+                &format!("{b}x{c} probabilities dense eps={smoothing}"),
             );
         }
     }

@@ -10,7 +10,8 @@
 //!   the log. Block sums are f32 and fold into f64 per row.
 //! - **Narrow rows** (C ≤ [`NARROW_MAX_CLASSES`], labels) go one row per SIMD
 //!   lane: 8 rows transposed at a time on AVX2, with `exp`, `log` and the
-//!   whole loss vectorised across rows.
+//!   whole loss vectorised across rows. Probabilities of up to as many
+//!   classes take the same lanes, with labels or dense targets.
 //! - **Medium rows** (up to [`MEDIUM_MAX_CLASSES`] with labels,
 //!   [`MEDIUM_DENSE_MAX_CLASSES`] with dense targets; no gradient) go 8
 //!   rows at a time, SIMD along the classes, each row's maximum then its
@@ -280,11 +281,11 @@ impl<'a> Plan<'a> {
             && !self.spec.gradient
     }
 
-    /// Whether the narrow (row per lane) kernel takes this call.
+    /// Whether the narrow (row per lane) kernels take this call: logits with
+    /// labels, or probabilities.
     fn narrow(&self) -> bool {
         self.classes <= NARROW_MAX_CLASSES
-            && self.labels.is_some()
-            && self.spec.input == InputKind::Logits
+            && (self.labels.is_some() || self.spec.input == InputKind::Probabilities)
     }
 
     /// Rows per chunk: at least [`CHUNK_BYTES`] of logits, whole lane groups.
@@ -519,7 +520,11 @@ impl WithSimd for ChunkOp<'_, '_, '_> {
     fn with_simd<S: Simd>(self, simd: S) -> (Meta, LossSums) {
         let ChunkOp { plan, out } = self;
         if plan.spec.input == InputKind::Probabilities {
-            rows::probability_rows(simd, plan, out);
+            if plan.narrow() && S::F32_LANES <= MAX_LANES {
+                narrow::narrow_probability_rows(simd, plan, out);
+            } else {
+                rows::probability_rows(simd, plan, out);
+            }
         } else if plan.narrow() && S::F32_LANES <= MAX_LANES {
             narrow::narrow_rows(simd, plan, out);
         } else if plan.medium() && S::F32_LANES <= MAX_LANES {

@@ -1,11 +1,13 @@
-//! Lane-group kernels for short rows with labels.
+//! Lane-group kernels for short rows: logits with labels (and dense targets
+//! in the medium kernel), probabilities.
 //!
 //! Narrow rows (C ≤ [`super::NARROW_MAX_CLASSES`]): one row per SIMD lane. A
 //! group of rows is transposed so that vector `c` holds class c of every
 //! row; the max, the exps, the target pick, the log and the loss (and, when
 //! asked for, the gradient's columns) are then all vector ops across rows.
 //! C is a const parameter, so the transpose and the class loop are fully
-//! unrolled.
+//! unrolled. Narrow rows of probabilities (labels or dense targets) take
+//! the same transpose for their total and logs ([`narrow_probability_rows`]).
 //!
 //! Medium rows (up to [`super::MEDIUM_MAX_CLASSES`], no gradient): SIMD
 //! along each row's classes, 8 rows a group; the rows' sums then take the
@@ -338,6 +340,101 @@ fn narrow_with<S: Simd, const C: usize, const PLAIN: bool>(
                 }
             }
         }
+        redo_unsure(simd, plan, ok, first, valid, out, &mut scratch);
+        first += valid;
+    }
+}
+
+/// Narrow rows of probabilities (labels or dense targets), one row per
+/// lane: `ℓ_c = ln(clip(p_c/Σp, 1e-7, 1 − 1e-7))` and the loss
+/// `−Σ_c a_c·ℓ_c` as vector ops across rows. Rows with a zero or
+/// non-finite total, or a non-finite loss, go to the f64 reference.
+#[inline(always)]
+pub(super) fn narrow_probability_rows<S: Simd>(simd: S, plan: &Plan<'_>, out: &mut ChunkOut<'_>) {
+    macro_rules! widths {
+        ($($c:literal)*) => {
+            match plan.classes {
+                $($c => probabilities_with::<S, $c>(simd, plan, out),)*
+                _ => unreachable!("narrow rows have at most NARROW_MAX_CLASSES classes"),
+            }
+        };
+    }
+    widths!(1 2 3 4 5 6 7 8 9 10 11 12 13 14 15 16 17 18 19 20 21 22 23 24);
+}
+
+#[inline(always)]
+fn probabilities_with<S: Simd, const C: usize>(simd: S, plan: &Plan<'_>, out: &mut ChunkOut<'_>) {
+    let lanes = S::F32_LANES;
+    let k = Consts::new(plan, false);
+    let class_weights: [f32; C] = std::array::from_fn(|c| plan.class_weight(c));
+    let splat = |v: f32| simd.splat_f32s(v);
+    let zero = splat(0.0);
+    let (lo, hi) = (
+        splat(crate::spec::PROBABILITY_EPSILON),
+        splat(1.0 - crate::spec::PROBABILITY_EPSILON),
+    );
+    let (keep, spread) = (splat(k.keep), splat(k.spread));
+    let mut scratch = Vec::new();
+    let rows = out.rows.clone();
+    let mut first = rows.start;
+    while first < rows.end {
+        let valid = (rows.end - first).min(lanes);
+        let ps = transpose::<S, C>(simd, plan.batch.logits, first, valid);
+        let inputs = group_inputs(simd, plan, &k, first, valid);
+        let mut total = ps[0];
+        for &p in &ps[1..] {
+            total = simd.add_f32s(total, p);
+        }
+        // ℓ = ln(clip(p/Σp)); a division, so that a tiny total does not
+        // overflow its reciprocal.
+        macro_rules! log_q {
+            ($p:expr) => {{
+                let q = simd.min_f32s(simd.max_f32s(simd.div_f32s($p, total), lo), hi);
+                simd.mul_f32s(vmath::log2(simd, q), splat(std::f32::consts::LN_2))
+            }};
+        }
+        // Σ_c a_c·ℓ_c with a_c = w_c·((1 − ε)·t_c + ε/C), or ε/C·w_c with labels.
+        let mut spread_sum = zero;
+        if let Some(targets) = plan.dense {
+            let ts = transpose::<S, C>(simd, targets, first, valid);
+            for c in 0..C {
+                let a = simd.mul_f32s(
+                    splat(class_weights[c]),
+                    simd.mul_add_e_f32s(ts[c], keep, spread),
+                );
+                spread_sum = simd.mul_add_e_f32s(a, log_q!(ps[c]), spread_sum);
+            }
+        } else if k.smoothing {
+            for (c, &p) in ps.iter().enumerate() {
+                spread_sum =
+                    simd.mul_add_e_f32s(splat(k.spread * class_weights[c]), log_q!(p), spread_sum);
+            }
+        }
+        let mut target = zero;
+        for (c, &p) in ps.iter().enumerate() {
+            let is_target = simd.equal_u32s(inputs.label, simd.splat_u32s(c as u32));
+            target = simd.select_f32s(is_target, p, target);
+        }
+        let hard = inputs.hard;
+        let nll = simd.mul_f32s(hard, log_q!(target));
+        let nll = simd.select_f32s(simd.equal_f32s(hard, zero), zero, nll);
+        let loss = simd.neg_f32s(simd.add_f32s(nll, spread_sum));
+        let inf = splat(f32::INFINITY);
+        let ok = simd.and_m32s(
+            simd.and_m32s(
+                simd.less_than_f32s(total, inf),
+                simd.greater_than_f32s(total, zero),
+            ),
+            simd.less_than_f32s(vmath::abs(simd, loss), inf),
+        );
+        let sample = inputs.sample;
+        let loss = simd.select_f32s(
+            simd.equal_f32s(sample, zero),
+            zero,
+            simd.mul_f32s(sample, loss),
+        );
+        let i = first - rows.start;
+        vmath::store(simd, &mut out.losses[i..i + valid], loss);
         redo_unsure(simd, plan, ok, first, valid, out, &mut scratch);
         first += valid;
     }
