@@ -2,7 +2,10 @@
 // no barrier per row. Thread t of a workgroup takes rows first + t,
 // first + t + WG, ...; a shared-memory tree combines the threads' partials
 // once per workgroup. Prepended with partial.wgsl, partial_tree.wgsl, cross_entropy_row.wgsl,
-// a logits_*.wgsl library and cross_entropy_forward.wgsl.
+// a logits_*.wgsl library, cross_entropy_forward.wgsl, logits_vec4_binding.wgsl
+// or logits_vec4_scalar.wgsl, and cross_entropy_plain.wgsl. With FLAG_VEC4
+// (CPU-type adapters: f32 rows of a multiple of 4 classes, no class sums)
+// a row is read as vec4s, eight classes a trip.
 // Host side: src/gpu/cross_entropy.rs.
 
 // The workgroup size: a pipeline-overridable constant, set from
@@ -38,8 +41,12 @@ fn main(
         } else {
             if needs_class_sums() {
                 pivot = row_pivot(base);
+                sums = logit_sums(base, pivot, 0u, 1u);
+            } else if has(FLAG_VEC4) {
+                sums = plain_logit_sums_vec4(base, 0u, 1u);
+            } else {
+                sums = logit_sums(base, 0.0, 0u, 1u);
             }
-            sums = logit_sums(base, pivot, 0u, 1u);
         }
         finish_row(local_row, sums, pivot, prob_total, &partial);
     }

@@ -425,6 +425,102 @@ fn subgroup_kernel_is_chosen_where_subgroups_exist() {
     } else {
         KernelVariant::Wide
     };
-    assert_eq!(context.kernel_for(1000), expected);
+    // On a CPU-type adapter plain f32 rows of a multiple of 4 classes, up to
+    // 2,048, run a row per invocation (`lane_rows_match_reference`).
+    let cpu_adapter = context.device().adapter_info().device_type == wgpu::DeviceType::Cpu;
+    let lanes = if cpu_adapter {
+        KernelVariant::Narrow
+    } else {
+        expected
+    };
+    assert_eq!(context.kernel_for(1000), lanes);
+    assert_eq!(context.kernel_for(1001), expected);
+    assert_eq!(context.kernel_for(2052), expected);
+    let smoothed = CrossEntropy::new().with_label_smoothing(0.1);
+    assert_eq!(context.kernel_for_spec(&smoothed, 1000), expected);
     assert_eq!(context.kernel_for(10), KernelVariant::Narrow);
+}
+
+/// On a CPU-type adapter (lavapipe in CI) plain f32 rows of a multiple of 4
+/// classes, up to 2,048, take the narrow kernel with vec4 loads: every
+/// width around its limits, extreme rows (a huge logit, −inf masks, a row
+/// that rises all the way, so that the max moves every trip), the
+/// logit-only options, the weights and the row lse, against the reference.
+/// On other adapters the same cases run on the default kernels.
+#[test]
+fn lane_rows_match_reference() {
+    let Some(engine) = gpu() else { return };
+    let context = engine.gpu_context().expect("a GPU engine");
+    let cpu_adapter = context.device().adapter_info().device_type == wgpu::DeviceType::Cpu;
+    let mut rng = Rng::new(5);
+    for classes in [4usize, 8, 64, 68, 100, 256, 1000, 2048] {
+        let batch = (40_000 / classes).clamp(9, 700);
+        let mut logits = rng.logits(batch * classes, 8.0);
+        for c in 0..classes {
+            logits[c] = if c == classes / 2 {
+                1e4
+            } else {
+                -1e4 + c as f32
+            };
+            if c % 2 == 1 {
+                logits[classes + c] = f32::NEG_INFINITY;
+            }
+            logits[2 * classes + c] = c as f32 * 0.05;
+        }
+        let labels = rng.labels(batch, classes);
+        let ignored: Vec<i32> = labels
+            .iter()
+            .enumerate()
+            .map(|(n, &y)| if n % 5 == 0 { -100 } else { y })
+            .collect();
+        let sample_weights: Vec<f32> = (0..batch)
+            .map(|n| {
+                if n % 7 == 3 {
+                    0.0
+                } else {
+                    rng.uniform(0.1, 3.0)
+                }
+            })
+            .collect();
+        let class_weights: Vec<f32> = (0..classes).map(|c| 0.25 + (c % 4) as f32 * 0.5).collect();
+        let specs = [
+            CrossEntropy::new().with_row_lse(true),
+            CrossEntropy::new()
+                .with_softcap(30.0)
+                .with_z_loss(1e-3)
+                .with_reduction(Reduction::Sum),
+            CrossEntropy::new()
+                .with_class_weights(class_weights)
+                .with_ignore_index(-100)
+                .with_reduction(Reduction::SumByNonzeroWeights),
+        ];
+        for (i, spec) in specs.iter().enumerate() {
+            let what = format!("lane rows {batch}x{classes}, spec {i}");
+            if cpu_adapter {
+                assert_eq!(
+                    context.kernel_for_spec(spec, classes),
+                    KernelVariant::Narrow,
+                    "{what}"
+                );
+            }
+            let batch = match i {
+                2 => Batch::with_labels(&logits, classes, &ignored).sample_weights(&sample_weights),
+                _ => Batch::with_labels(&logits, classes, &labels),
+            };
+            check(&engine, spec, &batch, &what);
+            if spec.row_lse {
+                let out = engine.compute_blocking(spec, &batch).unwrap();
+                let lse = out.row_lse.expect("row lse");
+                let rows = reference::row_losses(spec, &batch).unwrap();
+                for (n, (&got, want)) in lse.iter().zip(&rows).enumerate() {
+                    let tolerance = 1e-5 * (1.0 + want.lse.abs());
+                    assert!(
+                        (got as f64 - want.lse).abs() <= tolerance,
+                        "{what}: row {n} lse {got} vs {}",
+                        want.lse
+                    );
+                }
+            }
+        }
+    }
 }

@@ -48,7 +48,10 @@ pub struct GpuOptions {
     /// where the device has `SHADER_F16` (the path of devices without it).
     pub packed_f16: bool,
     /// Read f32 rows as `vec4`s in the subgroup kernel when the class count
-    /// is a multiple of 4: `None` (the default) and `Some(true)` do where
+    /// is a multiple of 4, and on a CPU-type adapter take plain f32 rows of
+    /// up to 2,048 classes (a multiple of 4; no smoothing, dense targets,
+    /// probabilities or gradient) a row per invocation in the narrow kernel
+    /// with `vec4` loads: `None` (the default) and `Some(true)` do where
     /// the device allows the extra binding; `Some(false)` never does.
     pub vector_loads: Option<bool>,
     /// Time each call's compute pass with timestamp queries, where the
@@ -300,6 +303,9 @@ pub struct GpuContext {
     wide_workgroup: u32,
     max_wide_workgroup: u32,
     vector_loads: bool,
+    /// Plain f32 rows take the narrow kernel with vec4 loads (CPU-type
+    /// adapters with vector loads; `ce::lane_rows_fit`).
+    lane_rows: bool,
     uniform_stride: u64,
     buffers: AsyncMutex<Buffers>,
     uncaptured: Arc<Mutex<Option<String>>>,
@@ -450,6 +456,8 @@ impl GpuContext {
             .find(|&size| checked_workgroup_size("wide", size, wide_tree_bytes, &limits).is_ok())
             .unwrap_or(wide_workgroup)
             .max(wide_workgroup);
+        let vector_loads = pipelines.has_vec4() && options.vector_loads.unwrap_or(true);
+        let lane_rows = vector_loads && device_type == wgpu::DeviceType::Cpu;
         pipelines.build_up_front(
             &device,
             ce::Workgroups {
@@ -457,8 +465,8 @@ impl GpuContext {
                 narrow: narrow_workgroup,
                 wide: wide_workgroup,
             },
+            lane_rows,
         );
-        let vector_loads = pipelines.has_vec4() && options.vector_loads.unwrap_or(true);
         let timer = (options.timestamps
             && device.features().contains(wgpu::Features::TIMESTAMP_QUERY))
         .then(|| Timer::new(&device, &queue));
@@ -491,6 +499,7 @@ impl GpuContext {
             wide_workgroup,
             max_wide_workgroup,
             vector_loads,
+            lane_rows,
             uniform_stride,
             buffers: AsyncMutex::new(Buffers::default(), false),
             uncaptured,
@@ -576,10 +585,11 @@ impl GpuContext {
         self.subgroups.is_some()
     }
 
-    /// The kernel that computes the loss of rows of `classes` logits: the
-    /// forced one where it can, else the default.
+    /// The kernel that computes the loss of rows of `classes` f32 logits
+    /// with labels and no other option: the forced one where it can, else
+    /// the default.
     pub fn kernel_for(&self, classes: usize) -> KernelVariant {
-        self.variant(classes, 1)
+        self.kernel_for_call(&CrossEntropy::new(), classes, false, Storage::F32)
     }
 
     /// The kernel that computes a call of `spec` on rows of `classes`
@@ -587,7 +597,39 @@ impl GpuContext {
     /// two passes over each row (which can push a long row past the
     /// subgroup kernel's loop budget), and a gradient of logit rows that fit
     /// the single-read row cache runs on the wide kernel.
+    /// (Labels and f32 logits; see [`GpuContext::kernel_for`].)
     pub fn kernel_for_spec(&self, spec: &CrossEntropy, classes: usize) -> KernelVariant {
+        self.kernel_for_call(spec, classes, false, Storage::F32)
+    }
+
+    /// Whether rows of a call take the narrow kernel with vec4 loads on a
+    /// CPU-type adapter ([`GpuContext::kernel_for_spec`]).
+    fn lane_rows_for(
+        &self,
+        spec: &CrossEntropy,
+        classes: usize,
+        dense: bool,
+        logits: Storage,
+    ) -> bool {
+        self.lane_rows
+            && matches!(self.kernel, None | Some(KernelVariant::Narrow))
+            && ce::lane_rows_fit(spec, classes, dense, logits == Storage::F32)
+    }
+
+    /// [`GpuContext::kernel_for_spec`] for dense targets or not and logits
+    /// stored as `logits`. On a CPU-type adapter, plain f32 rows of up to
+    /// [`ce::NARROW_VEC4_MAX_CLASSES`] take the narrow kernel with vec4
+    /// loads: a row per invocation, so the per-row work runs across rows.
+    fn kernel_for_call(
+        &self,
+        spec: &CrossEntropy,
+        classes: usize,
+        dense: bool,
+        logits: Storage,
+    ) -> KernelVariant {
+        if self.lane_rows_for(spec, classes, dense, logits) {
+            return KernelVariant::Narrow;
+        }
         let probabilities = spec.input == InputKind::Probabilities;
         let variant = self.variant(classes, if probabilities { 2 } else { 1 });
         if variant == KernelVariant::Subgroup
@@ -787,8 +829,15 @@ impl GpuContext {
     ) -> Result<Call<'a>> {
         let (batch, classes) = (shape.batch, shape.classes);
         let probabilities = spec.input == InputKind::Probabilities;
-        let variant = self.kernel_for_spec(spec, classes);
         let logits = Storage::of(dtype, self.native_f16);
+        let variant = self.kernel_for_call(spec, classes, shape.dense, logits);
+        let vec4 = match variant {
+            KernelVariant::Subgroup => {
+                self.vector_loads && logits == Storage::F32 && classes.is_multiple_of(4)
+            }
+            KernelVariant::Narrow => self.lane_rows_for(spec, classes, shape.dense, logits),
+            KernelVariant::Wide => false,
+        };
         let gradient = Storage::of(
             spec.gradient_dtype.resolve(dtype, in_place),
             self.native_f16,
@@ -863,6 +912,7 @@ impl GpuContext {
             segments,
             narrow_workgroup,
             wide_workgroup: workgroups.wide,
+            vec4,
         })
     }
 
@@ -1121,7 +1171,7 @@ impl GpuContext {
             | flag_if(spec.softcap.is_some(), ce::FLAG_SOFTCAP)
             | flag_if(spec.z_loss > 0.0, ce::FLAG_Z_LOSS)
             | flag_if(call.row_stats(), ce::FLAG_ROW_STATS)
-            | flag_if(call.vec4(self.vector_loads), ce::FLAG_VEC4);
+            | flag_if(call.vec4, ce::FLAG_VEC4);
         let class_weight_sum = spec
             .class_weights
             .as_ref()
@@ -1533,12 +1583,16 @@ impl GpuContext {
             gradient: call.gradient,
             row_cache: self.row_cache,
         };
-        let vec4 = call.vec4(self.vector_loads);
+        let vec4 = call.vec4;
         // Subgroup calls never read once (plan_call hands those to the wide
         // kernel), so their fused kernel is only a placeholder.
         let (forward_kernel, fused_kernel) = match (call.variant, in_place) {
             (KernelVariant::Wide, false) => (Kernel::Wide, Kernel::FusedWide),
             (KernelVariant::Wide, true) => (Kernel::Wide, Kernel::FusedWideInPlace),
+            (KernelVariant::Narrow, false) if vec4 => (Kernel::NarrowVec4, Kernel::FusedNarrow),
+            (KernelVariant::Narrow, true) if vec4 => {
+                (Kernel::NarrowVec4, Kernel::FusedNarrowInPlace)
+            }
             (KernelVariant::Narrow, false) => (Kernel::Narrow, Kernel::FusedNarrow),
             (KernelVariant::Narrow, true) => (Kernel::Narrow, Kernel::FusedNarrowInPlace),
             (KernelVariant::Subgroup, false) if vec4 => (Kernel::SubgroupVec4, Kernel::FusedWide),
@@ -2046,6 +2100,10 @@ struct Call<'a> {
     narrow_workgroup: u32,
     /// The wide kernels' (`ce::wide_workgroup_for`).
     wide_workgroup: u32,
+    /// The forward kernel reads the rows as vec4s: the subgroup kernel's
+    /// f32 rows of a multiple of 4 classes, and the narrow kernel's lane
+    /// rows on CPU-type adapters (`ce::lane_rows_fit`).
+    vec4: bool,
 }
 
 impl Call<'_> {
@@ -2053,15 +2111,6 @@ impl Call<'_> {
     /// two-read gradient, and for `row_lse`.
     fn row_stats(&self) -> bool {
         (self.spec.gradient && !self.single_read) || self.spec.row_lse
-    }
-
-    /// Whether the subgroup kernel reads the rows as vec4s: f32 logits
-    /// whose rows start at multiples of 4.
-    fn vec4(&self, vector_loads: bool) -> bool {
-        vector_loads
-            && self.variant == KernelVariant::Subgroup
-            && self.logits == Storage::F32
-            && self.shape.classes.is_multiple_of(4)
     }
 
     fn chunk_slot(&self, i: usize) -> usize {

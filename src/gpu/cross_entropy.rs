@@ -6,6 +6,7 @@
 use bytemuck::{Pod, Zeroable};
 
 use crate::error::{Error, Result};
+use crate::spec::{CrossEntropy, InputKind};
 
 /// Threads per workgroup of the wide kernels by default; keep in sync with
 /// `WG` in `cross_entropy_wide_tree.wgsl`.
@@ -29,6 +30,31 @@ pub(crate) const NARROW_DEFAULT_MAX_CLASSES: usize = 64;
 /// use the wide kernel.
 pub(crate) const NARROW_MAX_CLASSES: usize = 256;
 
+/// The most classes a row may have in the narrow kernel's vec4 variant
+/// (CPU-type adapters, [`lane_rows_fit`]): eight classes a trip, so its
+/// sums are as long as the scalar narrow kernel's at [`NARROW_MAX_CLASSES`].
+pub(crate) const NARROW_VEC4_MAX_CLASSES: usize = 8 * NARROW_MAX_CLASSES;
+
+/// Whether a call's rows can take the narrow kernel's vec4 variant: f32
+/// logits in rows of a multiple of 4 classes, at most
+/// [`NARROW_VEC4_MAX_CLASSES`], with no class sums (no smoothing, no dense
+/// targets), no probabilities and no gradient (whose single-read and
+/// two-read paths must keep giving the same bits).
+pub(crate) fn lane_rows_fit(
+    spec: &CrossEntropy,
+    classes: usize,
+    dense: bool,
+    f32_logits: bool,
+) -> bool {
+    f32_logits
+        && classes.is_multiple_of(4)
+        && classes <= NARROW_VEC4_MAX_CLASSES
+        && !dense
+        && spec.label_smoothing == 0.0
+        && spec.input == InputKind::Logits
+        && !spec.gradient
+}
+
 /// Threads per workgroup of the gradient kernels; keep in sync with `WG` in
 /// `cross_entropy_grad_row.wgsl`.
 pub(crate) const GRAD_WORKGROUP_SIZE: u32 = 256;
@@ -44,6 +70,7 @@ pub(crate) const WIDE_TREE_SHADER: &str =
     include_str!("../../shaders/cross_entropy_wide_tree.wgsl");
 pub(crate) const NARROW_SHADER: &str = include_str!("../../shaders/cross_entropy_narrow.wgsl");
 pub(crate) const SUBGROUP_SHADER: &str = include_str!("../../shaders/cross_entropy_subgroup.wgsl");
+pub(crate) const PLAIN_SHADER: &str = include_str!("../../shaders/cross_entropy_plain.wgsl");
 pub(crate) const VEC4_BINDING_SHADER: &str = include_str!("../../shaders/logits_vec4_binding.wgsl");
 pub(crate) const VEC4_SCALAR_SHADER: &str = include_str!("../../shaders/logits_vec4_scalar.wgsl");
 
@@ -154,7 +181,9 @@ pub enum KernelVariant {
     /// shared-memory tree per row. For wide rows.
     Wide,
     /// An invocation per row with no barrier per row. For narrow rows (at
-    /// most 256 classes; wider rows use [`KernelVariant::Wide`]).
+    /// most 256 classes; wider rows use [`KernelVariant::Wide`]), and on
+    /// CPU-type adapters for plain f32 rows of up to 2,048 classes, a
+    /// multiple of 4, read as `vec4`s.
     Narrow,
     /// A subgroup per row, combined with subgroup operations: no barrier
     /// per row. Needs `Features::SUBGROUP`; without it, or for rows too

@@ -180,7 +180,18 @@ pub(crate) fn shader_source(variant: Variant) -> String {
     }
     let entry: &[&str] = match kernel {
         Kernel::Wide => &[ce::FORWARD_SHADER, ce::WIDE_TREE_SHADER, ce::WIDE_SHADER],
-        Kernel::Narrow => &[ce::FORWARD_SHADER, ce::NARROW_SHADER],
+        Kernel::Narrow => &[
+            ce::FORWARD_SHADER,
+            ce::VEC4_SCALAR_SHADER,
+            ce::PLAIN_SHADER,
+            ce::NARROW_SHADER,
+        ],
+        Kernel::NarrowVec4 => &[
+            ce::FORWARD_SHADER,
+            ce::VEC4_BINDING_SHADER,
+            ce::PLAIN_SHADER,
+            ce::NARROW_SHADER,
+        ],
         Kernel::Weights => &[ce::FORWARD_SHADER, ce::WEIGHTS_SHADER],
         Kernel::Gradient => &[ce::GRAD_ROW_SHADER, ce::GRAD_SHADER],
         Kernel::GradientInPlace => &[ce::GRAD_ROW_SHADER, ce::GRAD_IN_PLACE_SHADER],
@@ -201,11 +212,13 @@ pub(crate) fn shader_source(variant: Variant) -> String {
         Kernel::Subgroup => &[
             ce::FORWARD_SHADER,
             ce::VEC4_SCALAR_SHADER,
+            ce::PLAIN_SHADER,
             ce::SUBGROUP_SHADER,
         ],
         Kernel::SubgroupVec4 => &[
             ce::FORWARD_SHADER,
             ce::VEC4_BINDING_SHADER,
+            ce::PLAIN_SHADER,
             ce::SUBGROUP_SHADER,
         ],
         Kernel::SplitRows => &[
@@ -232,6 +245,9 @@ pub(crate) fn shader_source(variant: Variant) -> String {
 pub(crate) enum Kernel {
     Wide,
     Narrow,
+    /// The narrow kernel with the logits bound again as vec4s (plain f32
+    /// rows on CPU-type adapters).
+    NarrowVec4,
     Subgroup,
     SubgroupVec4,
     Reduce,
@@ -251,9 +267,10 @@ pub(crate) enum Kernel {
 
 impl Kernel {
     #[cfg(test)]
-    pub(crate) const ALL: [Kernel; 14] = [
+    pub(crate) const ALL: [Kernel; 15] = [
         Kernel::Wide,
         Kernel::Narrow,
+        Kernel::NarrowVec4,
         Kernel::Subgroup,
         Kernel::SubgroupVec4,
         Kernel::Reduce,
@@ -284,7 +301,11 @@ impl Kernel {
     pub(crate) fn narrow_workgroup(self) -> bool {
         matches!(
             self,
-            Kernel::Narrow | Kernel::FusedNarrow | Kernel::FusedNarrowInPlace | Kernel::Weights
+            Kernel::Narrow
+                | Kernel::NarrowVec4
+                | Kernel::FusedNarrow
+                | Kernel::FusedNarrowInPlace
+                | Kernel::Weights
         )
     }
 
@@ -304,6 +325,7 @@ impl Kernel {
         matches!(
             self,
             Kernel::Narrow
+                | Kernel::NarrowVec4
                 | Kernel::Weights
                 | Kernel::FusedNarrow
                 | Kernel::FusedNarrowInPlace
@@ -333,6 +355,7 @@ impl Kernel {
         match self {
             Kernel::Wide => "cross_entropy_wide",
             Kernel::Narrow => "cross_entropy_narrow",
+            Kernel::NarrowVec4 => "cross_entropy_narrow_vec4",
             Kernel::Subgroup => "cross_entropy_subgroup",
             Kernel::SubgroupVec4 => "cross_entropy_subgroup_vec4",
             Kernel::Reduce => "reduce_partials",

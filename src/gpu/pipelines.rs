@@ -21,8 +21,9 @@ pub(crate) struct Pipelines {
     fused_in_place: wgpu::BindGroupLayout,
     /// The device's subgroup sizes, where it has `Features::SUBGROUP`.
     subgroups: Option<SubgroupSizes>,
-    /// The subgroup kernel's layout with the logits bound again as vec4s,
-    /// where the device has subgroups and nine storage buffers per stage.
+    /// The layout of the vec4 kernels (subgroup, narrow) with the logits
+    /// bound again as vec4s, where the device has nine storage buffers per
+    /// stage.
     vec4: Option<wgpu::BindGroupLayout>,
     built: Mutex<HashMap<Variant, wgpu::ComputePipeline>>,
 }
@@ -52,14 +53,20 @@ impl Pipelines {
             fused: nine_storage_buffers.then(|| ce::fused_layout(device, false)),
             fused_in_place: ce::fused_layout(device, true),
             subgroups,
-            vec4: (subgroups.is_some() && nine_storage_buffers).then(|| ce::vec4_layout(device)),
+            vec4: nine_storage_buffers.then(|| ce::vec4_layout(device)),
             built: Mutex::new(HashMap::new()),
         }
     }
 
     /// Builds the f32 pipelines every context needs, in the workgroup sizes
-    /// the context runs them in (`sizes`).
-    pub(crate) fn build_up_front(&self, device: &wgpu::Device, sizes: ce::Workgroups) {
+    /// the context runs them in (`sizes`); `lane_rows`: the narrow kernel's
+    /// vec4 variant too.
+    pub(crate) fn build_up_front(
+        &self,
+        device: &wgpu::Device,
+        sizes: ce::Workgroups,
+        lane_rows: bool,
+    ) {
         let mut kernels = vec![
             (Kernel::Wide, sizes.wide),
             (Kernel::Narrow, sizes.narrow),
@@ -70,8 +77,11 @@ impl Pipelines {
         if self.subgroups.is_some() {
             kernels.push((Kernel::Subgroup, sizes.subgroups.workgroup));
         }
-        if self.has_vec4() {
+        if self.has_vec4() && self.subgroups.is_some() {
             kernels.push((Kernel::SubgroupVec4, sizes.subgroups.workgroup));
+        }
+        if self.has_vec4() && lane_rows {
+            kernels.push((Kernel::NarrowVec4, sizes.narrow));
         }
         for (kernel, workgroup) in kernels {
             self.get(
@@ -89,7 +99,7 @@ impl Pipelines {
         self.subgroups
     }
 
-    /// Whether the subgroup kernel can read rows as vec4s on this device.
+    /// Whether the vec4 kernels can bind the logits as vec4s on this device.
     pub(crate) fn has_vec4(&self) -> bool {
         self.vec4.is_some()
     }
@@ -110,7 +120,7 @@ impl Pipelines {
             | Kernel::Weights
             | Kernel::SplitRows
             | Kernel::SplitFinish => &self.forward,
-            Kernel::SubgroupVec4 => self
+            Kernel::SubgroupVec4 | Kernel::NarrowVec4 => self
                 .vec4
                 .as_ref()
                 .expect("vec4 loads only where the device allows them"),

@@ -87,8 +87,10 @@ pub struct BenchArgs {
     /// rows too few to fill the device)
     #[arg(long, value_name = "S", value_parser = clap::value_parser!(u32).range(1..))]
     row_segments: Option<u32>,
-    /// Read f32 rows as vec4s in the subgroup kernel (GPU; default: true
-    /// wherever the device allows the extra binding)
+    /// Read f32 rows as vec4s in the subgroup kernel, and on a CPU-type
+    /// adapter take plain rows of up to 2,048 classes a row per invocation
+    /// with vec4 loads (GPU; default: true wherever the device allows the
+    /// extra binding)
     #[arg(long, value_name = "BOOL")]
     vector_loads: Option<bool>,
     /// Print one JSON object
