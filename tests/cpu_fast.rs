@@ -179,15 +179,7 @@ impl Case {
             probabilities: rng.distributions(batch, classes),
             soft: rng.distributions(batch, classes),
             hot,
-            sample_weights: (0..batch)
-                .map(|n| {
-                    if n % 7 == 3 {
-                        0.0
-                    } else {
-                        rng.uniform(0.1, 3.0)
-                    }
-                })
-                .collect(),
+            sample_weights: rng.sample_weights(batch),
             class_weights: (0..classes)
                 .map(|c| {
                     if c % 5 == 2 {

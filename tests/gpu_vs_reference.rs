@@ -39,15 +39,7 @@ impl Case {
         };
         let labels = rng.labels(batch, classes);
         let dense = rng.distributions(batch, classes);
-        let sample_weights = (0..batch)
-            .map(|n| {
-                if n % 7 == 3 {
-                    0.0
-                } else {
-                    rng.uniform(0.1, 3.0)
-                }
-            })
-            .collect();
+        let sample_weights = rng.sample_weights(batch);
         Case {
             logits,
             labels,
@@ -473,15 +465,7 @@ fn lane_rows_match_reference() {
             .enumerate()
             .map(|(n, &y)| if n % 5 == 0 { -100 } else { y })
             .collect();
-        let sample_weights: Vec<f32> = (0..batch)
-            .map(|n| {
-                if n % 7 == 3 {
-                    0.0
-                } else {
-                    rng.uniform(0.1, 3.0)
-                }
-            })
-            .collect();
+        let sample_weights = rng.sample_weights(batch);
         let class_weights: Vec<f32> = (0..classes).map(|c| 0.25 + (c % 4) as f32 * 0.5).collect();
         let specs = [
             CrossEntropy::new().with_row_lse(true),

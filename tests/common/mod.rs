@@ -89,6 +89,19 @@ impl Rng {
         (0..batch).map(|_| self.below(classes) as i32).collect()
     }
 
+    /// Sample weights: 0 for every seventh row from row 3, else in [0.1, 3).
+    pub fn sample_weights(&mut self, batch: usize) -> Vec<f32> {
+        (0..batch)
+            .map(|n| {
+                if n % 7 == 3 {
+                    0.0
+                } else {
+                    self.uniform(0.1, 3.0)
+                }
+            })
+            .collect()
+    }
+
     /// Rows of non-negative values summing to 1.
     pub fn distributions(&mut self, batch: usize, classes: usize) -> Vec<f32> {
         let mut out = Vec::with_capacity(batch * classes);
