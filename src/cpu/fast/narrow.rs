@@ -669,21 +669,22 @@ fn transpose<S: Simd, const C: usize>(
         let end = first * C + 8 * C + C.next_multiple_of(4) - C;
         if valid == 8 && end <= logits.len() {
             let columns = transpose_full::<C>(v3, &logits[first * C..end]);
-            return std::array::from_fn(|c| {
-                bytemuck::pod_read_unaligned(bytemuck::bytes_of(&columns[c]))
-            });
-        }
-        // 8 values of row `first + r` from class `from`, running into the
-        // next rows (those lanes go unused), cut short at the end of the batch.
-        let load = |r: usize, from: usize| {
-            if r >= valid {
-                return pulp::f32x8(0.0, 0.0, 0.0, 0.0, 0.0, 0.0, 0.0, 0.0);
+            for (x, column) in xs.iter_mut().zip(&columns) {
+                *x = bytemuck::pod_read_unaligned(bytemuck::bytes_of(column));
             }
-            let at = (first + r) * C + from;
-            vmath::load(v3, &logits[at..(at + 8).min(logits.len())])
-        };
+            return xs;
+        }
         for from in (0..C).step_by(8) {
-            let columns = transpose_8x8(v3, std::array::from_fn(|r| load(r, from)));
+            // 8 values of row `first + r` from class `from`, running into
+            // the next rows (those lanes go unused), cut short at the end of
+            // the batch. Loops, not closures: closures do not inherit the
+            // SIMD target features (their intrinsics would be calls).
+            let mut rows = [pulp::f32x8(0.0, 0.0, 0.0, 0.0, 0.0, 0.0, 0.0, 0.0); 8];
+            for (r, row) in rows.iter_mut().enumerate().take(valid) {
+                let at = (first + r) * C + from;
+                *row = vmath::load(v3, &logits[at..(at + 8).min(logits.len())]);
+            }
+            let columns = transpose_8x8(v3, rows);
             for (f, column) in columns.iter().enumerate().take(C - from) {
                 xs[from + f] = bytemuck::pod_read_unaligned(bytemuck::bytes_of(column));
             }
@@ -708,18 +709,14 @@ fn transpose<S: Simd, const C: usize>(
 #[cfg(target_arch = "x86_64")]
 #[inline(always)]
 fn transpose_full<const C: usize>(simd: pulp::x86::V3, block: &[f32]) -> [pulp::f32x8; C] {
-    use std::arch::x86_64::{__m128, __m256};
     let avx = simd.avx;
-    let quad = |at: usize| -> __m128 {
-        let values: [f32; 4] = block[at..at + 4].try_into().unwrap();
-        pulp::cast(values)
-    };
     let mut columns = [pulp::f32x8(0.0, 0.0, 0.0, 0.0, 0.0, 0.0, 0.0, 0.0); C];
     for from in (0..C).step_by(4) {
         // y[r] = classes from..from + 4 of row r | of row r + 4.
-        let y: [__m256; 4] = std::array::from_fn(|r| {
-            avx._mm256_set_m128(quad((r + 4) * C + from), quad(r * C + from))
-        });
+        let mut y = [avx._mm256_setzero_ps(); 4];
+        for (r, y) in y.iter_mut().enumerate() {
+            *y = avx._mm256_set_m128(quad(block, (r + 4) * C + from), quad(block, r * C + from));
+        }
         let lo01 = avx._mm256_unpacklo_ps(y[0], y[1]);
         let lo23 = avx._mm256_unpacklo_ps(y[2], y[3]);
         columns[from] = pulp::cast(avx._mm256_shuffle_ps::<0x44>(lo01, lo23));
@@ -738,6 +735,14 @@ fn transpose_full<const C: usize>(simd: pulp::x86::V3, block: &[f32]) -> [pulp::
     columns
 }
 
+/// Four floats of `block` from `at` as a 128-bit vector.
+#[cfg(target_arch = "x86_64")]
+#[inline(always)]
+fn quad(block: &[f32], at: usize) -> std::arch::x86_64::__m128 {
+    let values: [f32; 4] = block[at..at + 4].try_into().unwrap();
+    pulp::cast(values)
+}
+
 /// The 8×8 transpose of `rows` with AVX shuffles.
 #[cfg(target_arch = "x86_64")]
 #[inline(always)]
@@ -746,14 +751,12 @@ fn transpose_8x8(simd: pulp::x86::V3, rows: [pulp::f32x8; 8]) -> [pulp::f32x8; 8
     let avx = simd.avx;
     let r: [__m256; 8] = rows.map(pulp::cast);
     // Pairs of rows interleaved: t[2k] = r[2k][0] r[2k+1][0] r[2k][1] r[2k+1][1] | [4] [5].
-    let t: [__m256; 8] = std::array::from_fn(|i| {
-        let (a, b) = (r[i / 2 * 2], r[i / 2 * 2 + 1]);
-        if i % 2 == 0 {
-            avx._mm256_unpacklo_ps(a, b)
-        } else {
-            avx._mm256_unpackhi_ps(a, b)
-        }
-    });
+    let mut t = [avx._mm256_setzero_ps(); 8];
+    for pair in 0..4 {
+        let (a, b) = (r[2 * pair], r[2 * pair + 1]);
+        t[2 * pair] = avx._mm256_unpacklo_ps(a, b);
+        t[2 * pair + 1] = avx._mm256_unpackhi_ps(a, b);
+    }
     // Four rows of one class per 128-bit half: u[4k + j] holds classes j, j+4.
     let u = [
         avx._mm256_shuffle_ps::<0x44>(t[0], t[2]),
@@ -765,13 +768,11 @@ fn transpose_8x8(simd: pulp::x86::V3, rows: [pulp::f32x8; 8]) -> [pulp::f32x8; 8
         avx._mm256_shuffle_ps::<0x44>(t[5], t[7]),
         avx._mm256_shuffle_ps::<0xEE>(t[5], t[7]),
     ];
-    let columns: [__m256; 8] = std::array::from_fn(|c| {
-        let (a, b) = (u[c % 4], u[4 + c % 4]);
-        if c < 4 {
-            avx._mm256_permute2f128_ps::<0x20>(a, b)
-        } else {
-            avx._mm256_permute2f128_ps::<0x31>(a, b)
-        }
-    });
-    columns.map(pulp::cast)
+    let mut columns = [pulp::f32x8(0.0, 0.0, 0.0, 0.0, 0.0, 0.0, 0.0, 0.0); 8];
+    for c in 0..4 {
+        let (a, b) = (u[c], u[4 + c]);
+        columns[c] = pulp::cast(avx._mm256_permute2f128_ps::<0x20>(a, b));
+        columns[4 + c] = pulp::cast(avx._mm256_permute2f128_ps::<0x31>(a, b));
+    }
+    columns
 }
