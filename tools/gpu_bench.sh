@@ -68,9 +68,14 @@ run_benches() {
         done
         run --batch "$1" --classes "$2" --grad
     done
-    # Few long rows unsplit (the default splits them), and the subgroup
-    # kernel's workgroup sizes.
+    # Few long rows unsplit (the default splits them), long rows split
+    # (the default leaves 4,096 rows whole), and the subgroup kernel's
+    # workgroup sizes.
     run --batch 128 --classes 262144 --row-segments 1
+    for segments in 2 4 8; do
+        run --batch 4096 --classes 32000 --row-segments "$segments"
+    done
+    run --batch 16384 --classes 4096 --row-segments 2
     for wg in 64 128 256 512; do
         run --batch 16384 --classes 4096 --workgroup-size "$wg"
     done
