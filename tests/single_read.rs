@@ -274,3 +274,51 @@ fn single_read_keeps_no_row_stats() {
     let pool = |e: &Engine| e.gpu_context().unwrap().pool_bytes();
     assert_eq!(pool(&twice) - pool(&once), b as u64 * 8);
 }
+
+/// By default wide rows are read once on a CPU-type adapter and twice on
+/// other adapters, and the narrow kernel's rows twice everywhere (as
+/// measured: lavapipe and an H200, BENCHMARKS.md); two reads keep 8 bytes
+/// of row stats a row that one read does not.
+#[test]
+fn default_reads_once_only_for_wide_rows_on_cpu_type_adapters() {
+    let mut rng = Rng::new(0xde7a);
+    let spec = CrossEntropy::new()
+        .with_gradient(true)
+        .with_reduction(Reduction::Sum);
+    for (b, c, wide) in [(512, 100, true), (512, 10, false)] {
+        // Fresh contexts per shape: each pool holds only this call's buffers.
+        let Some((once, twice)) = engines(GpuOptions::default()) else {
+            return;
+        };
+        let Some(default) = gpu_with(GpuOptions::default()) else {
+            return;
+        };
+        let context = default.gpu_context().unwrap();
+        let cpu_adapter = context.device().adapter_info().device_type == wgpu::DeviceType::Cpu;
+        let logits = rng.logits(b * c, 3.0);
+        let labels = rng.labels(b, c);
+        let batch = Batch::with_labels(&logits, c, &labels);
+        let reference = twice.compute_blocking(&spec, &batch).unwrap();
+        let mut pools = Vec::new();
+        for engine in [&once, &twice, &default] {
+            let out = engine.compute_blocking(&spec, &batch).unwrap();
+            assert_identical(&out, &reference, &format!("{b}x{c}"));
+            pools.push(engine.gpu_context().unwrap().pool_bytes());
+        }
+        assert_eq!(
+            pools[0] + b as u64 * 8,
+            pools[1],
+            "{b}x{c}: one read keeps no row stats"
+        );
+        let expected = if wide && cpu_adapter {
+            pools[0]
+        } else {
+            pools[1]
+        };
+        assert_eq!(
+            pools[2], expected,
+            "{b}x{c}: default pool {} (one read {}, two {}), cpu adapter {cpu_adapter}",
+            pools[2], pools[0], pools[1]
+        );
+    }
+}

@@ -37,12 +37,15 @@ pub struct GpuOptions {
     /// Whether the gradient is computed from one read of the logits (the
     /// forward kernel keeps each row in workgroup or private memory and
     /// writes its gradient from there) or from two (a gradient kernel reads
-    /// the logits again after the reduction). `None` (the default) reads once
-    /// wherever the row fits; `Some(true)` does the same; `Some(false)`
-    /// always reads twice. Both give the same bits. Out of place, one read
-    /// needs a device that allows nine storage buffers per shader stage
-    /// (WebGPU's default is eight; [`GpuContext::new`] asks for the
-    /// adapter's limits).
+    /// the logits again after the reduction). `Some(true)` reads once
+    /// wherever the row fits; `Some(false)` always reads twice. `None` (the
+    /// default) reads once where that was measured faster: rows of the wide
+    /// and subgroup kernels on a CPU-type adapter (lavapipe: 1.3–1.4×); it
+    /// reads twice on other adapters (an H200: 2.6× faster at 4,096×1,000,
+    /// 9× at 16,384×4,096) and for the narrow kernel's rows. Both give the
+    /// same bits. Out of place, one read needs a device that allows nine
+    /// storage buffers per shader stage (WebGPU's default is eight;
+    /// [`GpuContext::new`] asks for the adapter's limits).
     pub single_read: Option<bool>,
     /// Read and write f16 logits and gradients as packed u32 words even
     /// where the device has `SHADER_F16` (the path of devices without it).
@@ -281,6 +284,9 @@ pub struct GpuContext {
     pipelines: Pipelines,
     gradient_in_place: bool,
     single_read: Option<bool>,
+    /// A CPU-type adapter (lavapipe): `single_read: None` reads wide rows
+    /// once there.
+    cpu_adapter: bool,
     /// f16 is stored as f16 (the device has SHADER_F16), not packed words.
     native_f16: bool,
     /// Classes the single-read wide kernel caches (0: none fit).
@@ -481,6 +487,7 @@ impl GpuContext {
             pipelines,
             gradient_in_place: options.gradient_in_place,
             single_read: options.single_read,
+            cpu_adapter: device_type == wgpu::DeviceType::Cpu,
             native_f16: native_f16 && !options.packed_f16,
             placeholder,
             placeholder_writable,
@@ -844,7 +851,9 @@ impl GpuContext {
         );
         let single_read = spec.gradient
             && !probabilities
-            && self.single_read != Some(false)
+            && self
+                .single_read
+                .unwrap_or(self.cpu_adapter && variant != KernelVariant::Narrow)
             && (in_place || self.pipelines.fused_out_of_place())
             && ce::single_read_fits(variant, classes, self.row_cache, gradient.per_word());
         // The widest [B, C] array one chunk binds.

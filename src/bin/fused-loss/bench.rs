@@ -93,6 +93,14 @@ pub struct BenchArgs {
     /// extra binding)
     #[arg(long, value_name = "BOOL")]
     vector_loads: Option<bool>,
+    /// With --grad: compute the gradient from one read of the logits where
+    /// the row fits (true) or always from two (false) (GPU; default: one
+    /// read for wide rows on a CPU-type adapter, two elsewhere)
+    #[arg(long, value_name = "BOOL")]
+    single_read: Option<bool>,
+    /// With --grad: write the gradient over the uploaded logits (GPU)
+    #[arg(long)]
+    gradient_in_place: bool,
     /// Print one JSON object
     #[arg(long)]
     json: bool,
@@ -323,26 +331,32 @@ fn bench_gpu(args: &BenchArgs, spec: &CrossEntropy, batch: &Batch<'_>) -> Result
         wide_workgroup_size: args.wide_workgroup_size,
         row_segments: args.row_segments,
         vector_loads: args.vector_loads,
+        single_read: args.single_read,
+        gradient_in_place: args.gradient_in_place,
         ..Default::default()
     };
     // End-to-end times come from a context without timestamp queries (as
     // a caller's is by default: resolving them costs a call time of its
-    // own), kernel times from a second one with them. The two alternate
-    // call by call.
+    // own), kernel times from a second one with them, each in a loop of its
+    // own: on an H200, 32x10 calls that alternated between the two devices
+    // took 2-3 times as long end to end (0.31-0.32 ms against 0.105-0.155).
     let plain = GpuContext::new_blocking(options.clone())?;
-    let context = GpuContext::new_blocking(GpuOptions {
-        timestamps: true,
-        ..options
-    })?;
-    let mut kernel = Vec::new();
     let end_to_end = measure_calls(args, || {
-        context.compute_blocking(spec, batch)?;
-        kernel.extend(context.last_kernel_time());
         let start = Instant::now();
         plain.compute_blocking(spec, batch)?;
         Ok(start.elapsed())
     })?;
     drop(plain);
+    let context = GpuContext::new_blocking(GpuOptions {
+        timestamps: true,
+        ..options
+    })?;
+    let mut kernel = Vec::new();
+    measure_calls(args, || {
+        context.compute_blocking(spec, batch)?;
+        kernel.extend(context.last_kernel_time());
+        Ok(Duration::ZERO)
+    })?;
     // Warm-up calls recorded kernel times too; keep the timed ones.
     let kernel = kernel.split_off(kernel.len().saturating_sub(args.iters as usize));
     let roofline = Roofline::new(&context)?;
@@ -354,18 +368,22 @@ fn bench_gpu(args: &BenchArgs, spec: &CrossEntropy, batch: &Batch<'_>) -> Result
     let upload: Vec<u8> = bytemuck_bytes(batch);
     // The losses and one 56-byte partial.
     let readback = batch.batch as u64 * 4 + 56;
+    // The bandwidth kernels run back to back, apart from the round trips:
+    // on an H200, load-only kernels that each followed a round trip of
+    // 16-268 MB measured 1.1-1.45x slower than back to back.
     for i in 0..args.warmup + args.iters {
-        let timed = i >= args.warmup;
         if fits {
             let l = roofline.load(logit_bytes)?;
             let c = roofline.copy(logit_bytes)?;
-            if timed {
+            if i >= args.warmup {
                 load.push(l.kernel.unwrap_or(l.wall));
                 copy.push(c.kernel.unwrap_or(c.wall));
             }
         }
+    }
+    for i in 0..args.warmup + args.iters {
         let t = roofline.round_trip(&upload, readback)?;
-        if timed {
+        if i >= args.warmup {
             trip.push(t);
         }
     }
