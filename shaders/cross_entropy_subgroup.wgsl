@@ -1,10 +1,11 @@
 // Fused per-example cross-entropy with a subgroup per row: the lanes of a
 // subgroup stride over a row's classes (neighbouring lanes read neighbouring
-// floats) and subgroup operations combine them. The k-th row a subgroup
-// walks is finished by lane k mod (subgroup size), a subgroup's worth of
-// rows at a time, so that every lane does that work. No barrier per row; a
-// shared-memory tree combines the invocations' partials once per
-// workgroup. Needs `Features::SUBGROUP`. Subgroup s of a workgroup takes
+// floats) and subgroup operations combine them. With SHARED_FINISH the k-th
+// row a subgroup walks is finished by lane k mod (subgroup size), a
+// subgroup's worth of rows at a time, so that every lane does that work,
+// and a shared-memory tree combines the invocations' partials once per
+// workgroup; without it lane 0 finishes each row and invocation 0 combines
+// the subgroups' partials in order. No barrier per row. Needs `Features::SUBGROUP`. Subgroup s of a workgroup takes
 // rows first + s, first + s + num_subgroups, ... Prepended with
 // partial.wgsl, partial_tree.wgsl, cross_entropy_row.wgsl and
 // cross_entropy_forward.wgsl.
@@ -17,6 +18,9 @@
 // GpuOptions::subgroup_workgroup_size; the default is
 // gpu::cross_entropy::SUBGROUP_WORKGROUP_SIZE.
 override WG: u32 = 128u;
+// Whether the lanes share the row finishing (set from
+// GpuOptions::shared_row_finish; by default on CPU-type adapters only).
+override SHARED_FINISH: bool = true;
 
 @group(0) @binding(1) var<storage, read> logits: array<LogitWord>; // this chunk
 
@@ -83,6 +87,12 @@ fn main(
                 sums = subgroup_logit_sums(plain_logit_sums(base, lane, lanes));
             }
         }
+        if !SHARED_FINISH {
+            if lane == 0u {
+                finish_row(local_row, sums, pivot, prob_total, &partial);
+            }
+            continue;
+        }
         if lane == filled {
             held = HeldRow(local_row, sums, pivot, prob_total);
         }
@@ -92,11 +102,25 @@ fn main(
             filled = 0u;
         }
     }
-    if lane < filled {
-        finish_row(held.row, held.sums, held.pivot, held.prob_total, &partial);
+    if SHARED_FINISH {
+        if lane < filled {
+            finish_row(held.row, held.sums, held.pivot, held.prob_total, &partial);
+        }
+        combine_workgroup_partials(lid, partial);
+        if lid == 0u {
+            partials[params.group_base + group] = shared_partials[0];
+        }
+        return;
     }
-    combine_workgroup_partials(lid, partial);
+    if lane == 0u {
+        shared_partials[subgroup] = partial;
+    }
+    workgroupBarrier();
     if lid == 0u {
-        partials[params.group_base + group] = shared_partials[0];
+        var total = shared_partials[0];
+        for (var s = 1u; s < subgroups; s++) {
+            total = combine(total, shared_partials[s]);
+        }
+        partials[params.group_base + group] = total;
     }
 }

@@ -67,6 +67,8 @@ run_benches() {
             run --batch "$1" --classes "$2" --kernel "$kernel"
         done
         run --batch "$1" --classes "$2" --grad
+        # One read where the row fits the row cache (two by default here).
+        [ "$2" -le 4096 ] && run --batch "$1" --classes "$2" --grad --single-read true
     done
     # Few long rows unsplit (the default splits them), long rows split
     # (the default leaves 4,096 rows whole), and the subgroup kernel's
@@ -84,6 +86,12 @@ run_benches() {
     done
     for wg in 64 256 512 1024; do
         run --batch 16384 --classes 4096 --kernel wide --wide-workgroup-size "$wg"
+    done
+    # The subgroup kernel's row finishing shared across lanes (lavapipe's
+    # default) against lane 0 finishing every row (the default here).
+    for shape in "4096 1000" "16384 4096" "4096 32000"; do
+        set -- $shape
+        run --batch "$1" --classes "$2" --shared-row-finish true
     done
     # The subgroup kernel's scalar loads, against the vec4 default.
     for shape in "4096 1000" "16384 4096" "4096 32000"; do

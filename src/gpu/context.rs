@@ -57,6 +57,17 @@ pub struct GpuOptions {
     /// with `vec4` loads: `None` (the default) and `Some(true)` do where
     /// the device allows the extra binding; `Some(false)` never does.
     pub vector_loads: Option<bool>,
+    /// Whether the subgroup kernel's lanes share the row finishing (lane k
+    /// finishes the k-th row of each subgroup's worth, and a shared-memory
+    /// tree combines every invocation's partial) or lane 0 finishes every
+    /// row (and the subgroups' partials are combined in order). `None` (the
+    /// default) shares on CPU-type adapters, where lanes run one after
+    /// another (lavapipe), and not elsewhere: on an H200 the build before
+    /// shared finishing ran the subgroup kernel 1.2–1.5× faster
+    /// (BENCHMARKS.md). Losses are the same bits either way; the reduced
+    /// sums may differ in the last bits (another combining order). For
+    /// tuning (`fused-loss bench --shared-row-finish`).
+    pub shared_row_finish: Option<bool>,
     /// Time each call's compute pass with timestamp queries, where the
     /// adapter has `Features::TIMESTAMP_QUERY`; read it with
     /// [`GpuContext::last_kernel_time`].
@@ -408,7 +419,13 @@ impl GpuContext {
     ) -> Result<Self> {
         let uncaptured = Arc::new(Mutex::new(None));
         let scope = device.push_error_scope(wgpu::ErrorFilter::Validation);
-        let pipelines = Pipelines::new(&device);
+        let device_type = device.adapter_info().device_type;
+        let pipelines = Pipelines::new(
+            &device,
+            options
+                .shared_row_finish
+                .unwrap_or(device_type == wgpu::DeviceType::Cpu),
+        );
         let placeholder = device.create_buffer(&wgpu::BufferDescriptor {
             label: Some("placeholder"),
             size: 16,
@@ -447,7 +464,6 @@ impl GpuContext {
             Some(size) => checked_workgroup_size("narrow", size, partial_bytes, &limits)?,
             None => ce::NARROW_WORKGROUP_SIZE,
         };
-        let device_type = device.adapter_info().device_type;
         let wide_tree_bytes = ce::wide_tree_bytes(1) as u64;
         let wide_workgroup = match options.wide_workgroup_size {
             Some(size) => checked_workgroup_size("wide", size, wide_tree_bytes, &limits)?,

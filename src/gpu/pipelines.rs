@@ -25,13 +25,15 @@ pub(crate) struct Pipelines {
     /// bound again as vec4s, where the device has nine storage buffers per
     /// stage.
     vec4: Option<wgpu::BindGroupLayout>,
+    /// The subgroup kernels' `SHARED_FINISH` override constant.
+    shared_row_finish: bool,
     built: Mutex<HashMap<Variant, wgpu::ComputePipeline>>,
 }
 
 impl Pipelines {
     /// The layouts; [`Pipelines::build_up_front`] then builds the pipelines
     /// every context needs.
-    pub(crate) fn new(device: &wgpu::Device) -> Pipelines {
+    pub(crate) fn new(device: &wgpu::Device, shared_row_finish: bool) -> Pipelines {
         let subgroups = device
             .features()
             .contains(wgpu::Features::SUBGROUP)
@@ -54,6 +56,7 @@ impl Pipelines {
             fused_in_place: ce::fused_layout(device, true),
             subgroups,
             vec4: nine_storage_buffers.then(|| ce::vec4_layout(device)),
+            shared_row_finish,
             built: Mutex::new(HashMap::new()),
         }
     }
@@ -142,17 +145,19 @@ impl Pipelines {
         built
             .entry(variant)
             .or_insert_with(|| {
-                let workgroup = [("WG", variant.workgroup as f64)];
+                let mut constants = Vec::new();
+                if variant.workgroup != 0 {
+                    constants.push(("WG", variant.workgroup as f64));
+                }
+                if matches!(variant.kernel, Kernel::Subgroup | Kernel::SubgroupVec4) {
+                    constants.push(("SHARED_FINISH", f64::from(u8::from(self.shared_row_finish))));
+                }
                 compute_pipeline_with(
                     device,
                     variant.kernel.label(),
                     Cow::Owned(shader_source(variant)),
                     self.layout(variant.kernel),
-                    if variant.workgroup == 0 {
-                        &[]
-                    } else {
-                        &workgroup
-                    },
+                    &constants,
                 )
             })
             .clone()

@@ -27,8 +27,9 @@ pub fn gpu_with(options: GpuOptions) -> Option<Engine> {
 pub fn gpu_variants() -> Vec<Engine> {
     // The wide kernel in workgroups of 256, the narrow kernel in
     // workgroups of 64, the subgroup kernel with scalar loads in workgroups
-    // of 32 and with vec4 loads in workgroups of 256 (the defaults, 128
-    // each, run in `gpu()`).
+    // of 32 and shared row finishing and with vec4 loads in workgroups of
+    // 256 and lane 0 finishing every row (the defaults, 128 each, and
+    // finishing shared on CPU-type adapters only, run in `gpu()`).
     let wide = GpuOptions {
         kernel: Some(KernelVariant::Wide),
         wide_workgroup_size: Some(256),
@@ -39,16 +40,22 @@ pub fn gpu_variants() -> Vec<Engine> {
         narrow_workgroup_size: Some(64),
         ..Default::default()
     };
-    let subgroup = |vector_loads, size| GpuOptions {
+    let subgroup = |vector_loads, size, shared| GpuOptions {
         kernel: Some(KernelVariant::Subgroup),
         vector_loads: Some(vector_loads),
         subgroup_workgroup_size: Some(size),
+        shared_row_finish: Some(shared),
         ..Default::default()
     };
-    [wide, narrow, subgroup(false, 32), subgroup(true, 256)]
-        .into_iter()
-        .filter_map(gpu_with)
-        .collect()
+    [
+        wide,
+        narrow,
+        subgroup(false, 32, true),
+        subgroup(true, 256, false),
+    ]
+    .into_iter()
+    .filter_map(gpu_with)
+    .collect()
 }
 
 /// A small deterministic generator (SplitMix64) so tests need no seeds crate.

@@ -101,6 +101,10 @@ pub struct BenchArgs {
     /// With --grad: write the gradient over the uploaded logits (GPU)
     #[arg(long)]
     gradient_in_place: bool,
+    /// Share the subgroup kernel's row finishing across its lanes (GPU;
+    /// default: on CPU-type adapters only)
+    #[arg(long, value_name = "BOOL")]
+    shared_row_finish: Option<bool>,
     /// Print one JSON object
     #[arg(long)]
     json: bool,
@@ -333,6 +337,7 @@ fn bench_gpu(args: &BenchArgs, spec: &CrossEntropy, batch: &Batch<'_>) -> Result
         vector_loads: args.vector_loads,
         single_read: args.single_read,
         gradient_in_place: args.gradient_in_place,
+        shared_row_finish: args.shared_row_finish,
         ..Default::default()
     };
     // End-to-end times come from a context without timestamp queries (as
