@@ -5,8 +5,9 @@
 // subgroup's worth of rows at a time, so that every lane does that work,
 // and a shared-memory tree combines the invocations' partials once per
 // workgroup; without it lane 0 finishes each row and invocation 0 combines
-// the subgroups' partials in order. No barrier per row. Needs `Features::SUBGROUP`. Subgroup s of a workgroup takes
-// rows first + s, first + s + num_subgroups, ... Prepended with
+// the subgroups' partials in order. No barrier per row. Needs
+// `Features::SUBGROUP`. Subgroup s of a workgroup takes rows first + s,
+// first + s + num_subgroups, ... Prepended with
 // partial.wgsl, partial_tree.wgsl, cross_entropy_row.wgsl and
 // cross_entropy_forward.wgsl.
 // Prepended also with a logits_*.wgsl library (`load_logit`), with
