@@ -279,11 +279,12 @@ fn narrow_with<S: Simd, const C: usize, const PLAIN: bool>(
     let splat = |v: f32| simd.splat_f32s(v);
     let zero = splat(0.0);
     let mut scratch = Vec::new();
+    let mut xs = [zero; C];
     let rows = out.rows.clone();
     let mut first = rows.start;
     while first < rows.end {
         let valid = (rows.end - first).min(lanes);
-        let xs = transpose::<S, C>(simd, plan.batch.logits, first, valid);
+        transpose::<S, C>(simd, plan.batch.logits, first, valid, &mut xs);
         let inputs = group_inputs(simd, plan, &k, first, valid);
 
         let mut raw_max = xs[0];
@@ -375,11 +376,12 @@ fn probabilities_with<S: Simd, const C: usize>(simd: S, plan: &Plan<'_>, out: &m
     );
     let (keep, spread) = (splat(k.keep), splat(k.spread));
     let mut scratch = Vec::new();
+    let (mut ps, mut ts) = ([zero; C], [zero; C]);
     let rows = out.rows.clone();
     let mut first = rows.start;
     while first < rows.end {
         let valid = (rows.end - first).min(lanes);
-        let ps = transpose::<S, C>(simd, plan.batch.logits, first, valid);
+        transpose::<S, C>(simd, plan.batch.logits, first, valid, &mut ps);
         let inputs = group_inputs(simd, plan, &k, first, valid);
         let mut total = ps[0];
         for &p in &ps[1..] {
@@ -396,7 +398,7 @@ fn probabilities_with<S: Simd, const C: usize>(simd: S, plan: &Plan<'_>, out: &m
         // Σ_c a_c·ℓ_c with a_c = w_c·((1 − ε)·t_c + ε/C), or ε/C·w_c with labels.
         let mut spread_sum = zero;
         if let Some(targets) = plan.dense {
-            let ts = transpose::<S, C>(simd, targets, first, valid);
+            transpose::<S, C>(simd, targets, first, valid, &mut ts);
             for c in 0..C {
                 let a = simd.mul_f32s(
                     splat(class_weights[c]),
@@ -651,28 +653,29 @@ fn gradient_columns<S: Simd, const C: usize>(
     columns
 }
 
-/// Vector c ← class c of rows `first..first + valid` (zeros in the lanes
+/// `xs[c]` ← class c of rows `first..first + valid` (zeros in the lanes
 /// past `valid`). AVX2 transposes 8 rows × 8 classes at a time in
-/// registers; other archs fill the lanes one by one.
+/// registers; other archs fill the lanes one by one. The vectors are
+/// written into the caller's array: returning it made LLVM copy it with a
+/// memcpy call per group (12 % of the time at C = 10).
 #[inline(always)]
 fn transpose<S: Simd, const C: usize>(
     simd: S,
     logits: &[f32],
     first: usize,
     valid: usize,
-) -> [S::f32s; C] {
-    let zero = simd.splat_f32s(0.0);
-    let mut xs = [zero; C];
+    xs: &mut [S::f32s; C],
+) {
     #[cfg(target_arch = "x86_64")]
-    if let Some(&v3) = (&simd as &dyn std::any::Any).downcast_ref::<pulp::x86::V3>() {
+    if let (Some(&v3), Some(columns)) = (
+        (&simd as &dyn std::any::Any).downcast_ref::<pulp::x86::V3>(),
+        (xs as &mut dyn std::any::Any).downcast_mut::<[pulp::f32x8; C]>(),
+    ) {
         // A whole group whose last 4-class block does not run off the batch.
         let end = first * C + 8 * C + C.next_multiple_of(4) - C;
         if valid == 8 && end <= logits.len() {
-            let columns = transpose_full::<C>(v3, &logits[first * C..end]);
-            for (x, column) in xs.iter_mut().zip(&columns) {
-                *x = bytemuck::pod_read_unaligned(bytemuck::bytes_of(column));
-            }
-            return xs;
+            transpose_full::<C>(v3, &logits[first * C..end], columns);
+            return;
         }
         for from in (0..C).step_by(8) {
             // 8 values of row `first + r` from class `from`, running into
@@ -684,12 +687,12 @@ fn transpose<S: Simd, const C: usize>(
                 let at = (first + r) * C + from;
                 *row = vmath::load(v3, &logits[at..(at + 8).min(logits.len())]);
             }
-            let columns = transpose_8x8(v3, rows);
-            for (f, column) in columns.iter().enumerate().take(C - from) {
-                xs[from + f] = bytemuck::pod_read_unaligned(bytemuck::bytes_of(column));
+            let block = transpose_8x8(v3, rows);
+            for (f, column) in block.into_iter().enumerate().take(C - from) {
+                columns[from + f] = column;
             }
         }
-        return xs;
+        return;
     }
     let mut column = [0.0f32; MAX_LANES];
     for (c, x) in xs.iter_mut().enumerate() {
@@ -698,19 +701,21 @@ fn transpose<S: Simd, const C: usize>(
         }
         *x = vmath::load(simd, &column[..valid]);
     }
-    xs
 }
 
-/// Vector c ← class c of the 8 rows of `block` (8·C values, then up to 3
+/// `columns[c]` ← class c of the 8 rows of `block` (8·C values, then up to 3
 /// more that the last 4-class block reads and drops), fully unrolled: per
 /// 4 classes, rows r and r + 4 share one register (a 128-bit load and an
 /// insert), and a 4×4 transpose within each 128-bit half gives the columns
 /// in row order.
 #[cfg(target_arch = "x86_64")]
 #[inline(always)]
-fn transpose_full<const C: usize>(simd: pulp::x86::V3, block: &[f32]) -> [pulp::f32x8; C] {
+fn transpose_full<const C: usize>(
+    simd: pulp::x86::V3,
+    block: &[f32],
+    columns: &mut [pulp::f32x8; C],
+) {
     let avx = simd.avx;
-    let mut columns = [pulp::f32x8(0.0, 0.0, 0.0, 0.0, 0.0, 0.0, 0.0, 0.0); C];
     for from in (0..C).step_by(4) {
         // y[r] = classes from..from + 4 of row r | of row r + 4.
         let mut y = [avx._mm256_setzero_ps(); 4];
@@ -732,7 +737,6 @@ fn transpose_full<const C: usize>(simd: pulp::x86::V3, block: &[f32]) -> [pulp::
             }
         }
     }
-    columns
 }
 
 /// Four floats of `block` from `at` as a 128-bit vector.
