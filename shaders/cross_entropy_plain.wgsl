@@ -1,9 +1,10 @@
 // Library, no entry point: one invocation's share of a plain row (no class
 // sums: no smoothing, no dense targets), its online (max, Σ exp) four or
 // eight classes a trip with one rescale each. Used by the subgroup kernel
-// (a lane's share) and by the narrow kernel on CPU-type adapters (a whole
-// row, read as vec4s). Prepended after cross_entropy_row.wgsl and a
-// logits_vec4_*.wgsl library (`load4`). CPU twin: src/cpu/reference.rs.
+// (a lane's share), by the narrow kernel on CPU-type adapters (a whole
+// row, read as vec4s) and by cross_entropy_split_lanes.wgsl (a run of a
+// row). Prepended after cross_entropy_row.wgsl and a logits_vec4_*.wgsl
+// library (`load4`). CPU twin: src/cpu/reference.rs.
 
 // A lane's online (max, Σ exp) over classes lo, lo + step, ... when no class
 // sums are needed: four loads a trip and one rescale per four classes.
@@ -67,10 +68,14 @@ fn soft_cap4(r: vec4<f32>) -> vec4<f32> {
 // two loads a trip and one rescale per eight classes. The row starts at a
 // multiple of 4 (FLAG_VEC4).
 fn plain_logit_sums_vec4(base: u32, lo: u32, step: u32) -> RowSums {
+    return plain_vec4_sums(base / 4u, lo, params.classes / 4u, step);
+}
+
+// The same over the `count` vec4s from vec4 `first` (a whole row, or one
+// run of a split row).
+fn plain_vec4_sums(first: u32, lo: u32, count: u32, step: u32) -> RowSums {
     var state = vec2<f32>(bitcast<f32>(0xff800000u), 0.0);
     var bad = 0u;
-    let first = base / 4u;
-    let count = params.classes / 4u;
     var v = lo;
     for (; v + step < count; v += 2u * step) {
         let r0 = load4(first + v);

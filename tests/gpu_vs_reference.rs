@@ -417,8 +417,9 @@ fn subgroup_kernel_is_chosen_where_subgroups_exist() {
     } else {
         KernelVariant::Wide
     };
-    // On a CPU-type adapter plain f32 rows of a multiple of 4 classes, up to
-    // 2,048, run a row per invocation (`lane_rows_match_reference`).
+    // On a CPU-type adapter plain f32 rows of a multiple of 4 classes run a
+    // row per invocation up to 2,048 (`lane_rows_match_reference`), longer
+    // ones cut into runs an invocation each (split_rows.rs).
     let cpu_adapter = context.device().adapter_info().device_type == wgpu::DeviceType::Cpu;
     let lanes = if cpu_adapter {
         KernelVariant::Narrow
@@ -427,7 +428,8 @@ fn subgroup_kernel_is_chosen_where_subgroups_exist() {
     };
     assert_eq!(context.kernel_for(1000), lanes);
     assert_eq!(context.kernel_for(1001), expected);
-    assert_eq!(context.kernel_for(2052), expected);
+    assert_eq!(context.kernel_for(2052), lanes);
+    assert_eq!(context.kernel_for(2054), expected);
     let smoothed = CrossEntropy::new().with_label_smoothing(0.1);
     assert_eq!(context.kernel_for_spec(&smoothed, 1000), expected);
     assert_eq!(context.kernel_for(10), KernelVariant::Narrow);

@@ -102,7 +102,12 @@ pub struct GpuOptions {
     /// workgroups as the planner aims at, runs of at least 4,096 classes),
     /// `Some(1)` never splits, `Some(s)` cuts every row of logits into `s`
     /// runs (at most C). Rows read once for a gradient and probabilities are
-    /// never split.
+    /// never split. On a CPU-type adapter, plain f32 rows of a multiple of 4
+    /// classes longer than 2,048 are always cut, into runs an invocation each
+    /// (`cross_entropy_split_lanes.wgsl`): `None` takes the fewest runs of at
+    /// most 2,048 classes, `Some(s)` takes `s` (at most one per 4 classes and
+    /// 1,024) where that is at least as many, and fewer leaves those rows to
+    /// the workgroup runs above.
     pub row_segments: Option<u32>,
 }
 
@@ -639,10 +644,30 @@ impl GpuContext {
             && ce::lane_rows_fit(spec, classes, dense, logits == Storage::F32)
     }
 
+    /// The runs each row of a call is cut into for the split lanes on a
+    /// CPU-type adapter: plain vec4 rows too long for one invocation
+    /// (`ce::lane_runs`); `None` where they do not apply.
+    fn lane_runs_for(
+        &self,
+        spec: &CrossEntropy,
+        classes: usize,
+        dense: bool,
+        logits: Storage,
+    ) -> Option<u32> {
+        if !(self.lane_rows
+            && matches!(self.kernel, None | Some(KernelVariant::Narrow))
+            && ce::plain_vec4_rows(spec, classes, dense, logits == Storage::F32))
+        {
+            return None;
+        }
+        ce::lane_runs(classes, self.row_segments)
+    }
+
     /// [`GpuContext::kernel_for_spec`] for dense targets or not and logits
     /// stored as `logits`. On a CPU-type adapter, plain f32 rows of up to
     /// [`ce::NARROW_VEC4_MAX_CLASSES`] take the narrow kernel with vec4
-    /// loads: a row per invocation, so the per-row work runs across rows.
+    /// loads: a row per invocation, so the per-row work runs across rows;
+    /// longer plain rows are split into runs an invocation each.
     fn kernel_for_call(
         &self,
         spec: &CrossEntropy,
@@ -650,7 +675,9 @@ impl GpuContext {
         dense: bool,
         logits: Storage,
     ) -> KernelVariant {
-        if self.lane_rows_for(spec, classes, dense, logits) {
+        if self.lane_rows_for(spec, classes, dense, logits)
+            || self.lane_runs_for(spec, classes, dense, logits).is_some()
+        {
             return KernelVariant::Narrow;
         }
         let probabilities = spec.input == InputKind::Probabilities;
@@ -854,11 +881,14 @@ impl GpuContext {
         let probabilities = spec.input == InputKind::Probabilities;
         let logits = Storage::of(dtype, self.native_f16);
         let variant = self.kernel_for_call(spec, classes, shape.dense, logits);
+        let lane_runs = self.lane_runs_for(spec, classes, shape.dense, logits);
         let vec4 = match variant {
             KernelVariant::Subgroup => {
                 self.vector_loads && logits == Storage::F32 && classes.is_multiple_of(4)
             }
-            KernelVariant::Narrow => self.lane_rows_for(spec, classes, shape.dense, logits),
+            KernelVariant::Narrow => {
+                lane_runs.is_some() || self.lane_rows_for(spec, classes, shape.dense, logits)
+            }
             KernelVariant::Wide => false,
         };
         let gradient = Storage::of(
@@ -892,8 +922,14 @@ impl GpuContext {
                 passes,
             ),
         };
+        // Split lanes are chunked as wide rows would be; the finishing
+        // pass regroups the chunks below.
         let mut chunks = ce::plan(
-            variant,
+            if lane_runs.is_some() {
+                KernelVariant::Wide
+            } else {
+                variant
+            },
             workgroups,
             batch,
             classes,
@@ -905,6 +941,7 @@ impl GpuContext {
         )?;
         let splittable = !probabilities && !single_read && variant != KernelVariant::Narrow;
         let segments = match (splittable, self.row_segments) {
+            _ if lane_runs.is_some() => lane_runs.unwrap_or(1),
             (false, _) => 1,
             (true, Some(s)) => s.clamp(1, classes.clamp(1, ce::MAX_SEGMENTS) as u32),
             (true, None) => {
@@ -1632,6 +1669,12 @@ impl GpuContext {
         } else {
             Kernel::Gradient
         };
+        let lane_runs = call.lane_runs();
+        let runs_kernel = if lane_runs {
+            Kernel::SplitLanes
+        } else {
+            Kernel::SplitRows
+        };
         let mut forward_groups = Vec::with_capacity(b.chunks.len());
         let mut split_groups = Vec::new();
         let mut gradient_groups = Vec::new();
@@ -1656,10 +1699,13 @@ impl GpuContext {
                 // go; the finishing pass reads it where the dense targets go.
                 let mut runs = entries.clone();
                 runs[8] = segments.entry(8);
+                if lane_runs {
+                    runs.push(chunk.logits.entry(9));
+                }
                 let mut finish = entries.clone();
                 finish[2] = segments.entry(2);
                 split_groups.push((
-                    bind_group(Kernel::SplitRows, &runs),
+                    bind_group(runs_kernel, &runs),
                     bind_group(Kernel::SplitFinish, &finish),
                 ));
             } else {
@@ -1747,12 +1793,16 @@ impl GpuContext {
                 }
             } else if !split_groups.is_empty() {
                 let (runs_pipeline, finish_pipeline) =
-                    (pipeline(Kernel::SplitRows), pipeline(Kernel::SplitFinish));
+                    (pipeline(runs_kernel), pipeline(Kernel::SplitFinish));
                 let chunk_groups = call.chunks.iter().zip(&split_groups).enumerate();
                 for (i, (chunk, (runs, finish))) in chunk_groups {
                     pass.set_pipeline(&runs_pipeline);
                     pass.set_bind_group(0, runs, &[slot(call.chunk_slot(i))]);
-                    let (x, y) = ce::dispatch_size(chunk.rows as u32 * call.segments);
+                    let mut run_groups = chunk.rows as u32 * call.segments;
+                    if lane_runs {
+                        run_groups = run_groups.div_ceil(ce::SPLIT_LANES_WORKGROUP_SIZE);
+                    }
+                    let (x, y) = ce::dispatch_size(run_groups);
                     pass.dispatch_workgroups(x, y, 1);
                     pass.set_pipeline(&finish_pipeline);
                     pass.set_bind_group(0, finish, &[slot(call.chunk_slot(i))]);
@@ -2132,6 +2182,12 @@ struct Call<'a> {
 }
 
 impl Call<'_> {
+    /// Whether the rows are split into the narrow kernel's lane runs
+    /// (`cross_entropy_split_lanes.wgsl`) rather than workgroup runs.
+    fn lane_runs(&self) -> bool {
+        self.variant == KernelVariant::Narrow && self.segments > 1
+    }
+
     /// Whether the forward pass writes each row's (lse, Σ a_c): for the
     /// two-read gradient, and for `row_lse`.
     fn row_stats(&self) -> bool {

@@ -35,12 +35,12 @@ pub(crate) const NARROW_MAX_CLASSES: usize = 256;
 /// sums are as long as the scalar narrow kernel's at [`NARROW_MAX_CLASSES`].
 pub(crate) const NARROW_VEC4_MAX_CLASSES: usize = 8 * NARROW_MAX_CLASSES;
 
-/// Whether a call's rows can take the narrow kernel's vec4 variant: f32
-/// logits in rows of a multiple of 4 classes, at most
-/// [`NARROW_VEC4_MAX_CLASSES`], with no class sums (no smoothing, no dense
-/// targets), no probabilities and no gradient (whose single-read and
+/// Whether a call's rows are plain vec4 rows, which the narrow kernel's
+/// vec4 variant and the split lanes take on CPU-type adapters: f32 logits
+/// in rows of a multiple of 4 classes, with no class sums (no smoothing, no
+/// dense targets), no probabilities and no gradient (whose single-read and
 /// two-read paths must keep giving the same bits).
-pub(crate) fn lane_rows_fit(
+pub(crate) fn plain_vec4_rows(
     spec: &CrossEntropy,
     classes: usize,
     dense: bool,
@@ -48,11 +48,37 @@ pub(crate) fn lane_rows_fit(
 ) -> bool {
     f32_logits
         && classes.is_multiple_of(4)
-        && classes <= NARROW_VEC4_MAX_CLASSES
         && !dense
         && spec.label_smoothing == 0.0
         && spec.input == InputKind::Logits
         && !spec.gradient
+}
+
+/// Whether a call's rows can take the narrow kernel's vec4 variant: plain
+/// vec4 rows ([`plain_vec4_rows`]) of at most [`NARROW_VEC4_MAX_CLASSES`].
+pub(crate) fn lane_rows_fit(
+    spec: &CrossEntropy,
+    classes: usize,
+    dense: bool,
+    f32_logits: bool,
+) -> bool {
+    classes <= NARROW_VEC4_MAX_CLASSES && plain_vec4_rows(spec, classes, dense, f32_logits)
+}
+
+/// Runs a plain vec4 row longer than [`NARROW_VEC4_MAX_CLASSES`] is cut
+/// into for the split lanes (`cross_entropy_split_lanes.wgsl`), an
+/// invocation each: `requested` (`GpuOptions::row_segments`, at most one
+/// run per vec4 and [`MAX_SEGMENTS`]) or else the fewest runs of at most
+/// that many classes; `None` when `requested` is fewer, or when the row
+/// needs more than [`MAX_SEGMENTS`] runs.
+pub(crate) fn lane_runs(classes: usize, requested: Option<u32>) -> Option<u32> {
+    let fewest = classes.div_ceil(NARROW_VEC4_MAX_CLASSES);
+    let runs = match requested {
+        None => fewest,
+        Some(s) => (s as usize).min(classes / 4).min(MAX_SEGMENTS),
+    };
+    (classes > NARROW_VEC4_MAX_CLASSES && runs >= fewest && runs <= MAX_SEGMENTS)
+        .then_some(runs as u32)
 }
 
 /// Threads per workgroup of the gradient kernels; keep in sync with `WG` in
@@ -76,6 +102,11 @@ pub(crate) const VEC4_SCALAR_SHADER: &str = include_str!("../../shaders/logits_v
 
 pub(crate) const SPLIT_ROWS_SHADER: &str =
     include_str!("../../shaders/cross_entropy_split_rows.wgsl");
+pub(crate) const SPLIT_LANES_SHADER: &str =
+    include_str!("../../shaders/cross_entropy_split_lanes.wgsl");
+/// Invocations per workgroup of the split lanes; keep in sync with `WG` in
+/// `cross_entropy_split_lanes.wgsl`.
+pub(crate) const SPLIT_LANES_WORKGROUP_SIZE: u32 = 128;
 pub(crate) const SPLIT_FINISH_SHADER: &str =
     include_str!("../../shaders/cross_entropy_split_finish.wgsl");
 /// Words per run in the split kernels' segments buffer; keep in sync with
@@ -182,8 +213,10 @@ pub enum KernelVariant {
     Wide,
     /// An invocation per row with no barrier per row. For narrow rows (at
     /// most 256 classes; wider rows use [`KernelVariant::Wide`]), and on
-    /// CPU-type adapters for plain f32 rows of up to 2,048 classes, a
-    /// multiple of 4, read as `vec4`s.
+    /// CPU-type adapters for plain f32 rows of a multiple of 4 classes,
+    /// read as `vec4`s: up to 2,048 classes a row per invocation, longer
+    /// rows cut into runs of at most 2,048 an invocation each and merged by
+    /// a second pass (`GpuOptions::row_segments`).
     Narrow,
     /// A subgroup per row, combined with subgroup operations: no barrier
     /// per row. Needs `Features::SUBGROUP`; without it, or for rows too

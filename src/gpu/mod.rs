@@ -226,6 +226,12 @@ pub(crate) fn shader_source(variant: Variant) -> String {
             ce::WIDE_TREE_SHADER,
             ce::SPLIT_ROWS_SHADER,
         ],
+        Kernel::SplitLanes => &[
+            ce::FORWARD_SHADER,
+            ce::VEC4_BINDING_SHADER,
+            ce::PLAIN_SHADER,
+            ce::SPLIT_LANES_SHADER,
+        ],
         Kernel::SplitFinish => &[ce::FORWARD_SHADER, ce::SPLIT_FINISH_SHADER],
         Kernel::Reduce => unreachable!("returned above"),
     };
@@ -261,13 +267,16 @@ pub(crate) enum Kernel {
     FusedNarrowInPlace,
     /// A split row's runs (few long rows).
     SplitRows,
+    /// A split plain row's runs, an invocation each, read as vec4s (long
+    /// plain f32 rows on CPU-type adapters).
+    SplitLanes,
     /// Merges a split row's runs and finishes it.
     SplitFinish,
 }
 
 impl Kernel {
     #[cfg(test)]
-    pub(crate) const ALL: [Kernel; 15] = [
+    pub(crate) const ALL: [Kernel; 16] = [
         Kernel::Wide,
         Kernel::Narrow,
         Kernel::NarrowVec4,
@@ -282,6 +291,7 @@ impl Kernel {
         Kernel::FusedNarrow,
         Kernel::FusedNarrowInPlace,
         Kernel::SplitRows,
+        Kernel::SplitLanes,
         Kernel::SplitFinish,
     ];
 
@@ -367,6 +377,7 @@ impl Kernel {
             Kernel::FusedNarrow => "cross_entropy_fused_narrow",
             Kernel::FusedNarrowInPlace => "cross_entropy_fused_narrow_in_place",
             Kernel::SplitRows => "cross_entropy_split_rows",
+            Kernel::SplitLanes => "cross_entropy_split_lanes",
             Kernel::SplitFinish => "cross_entropy_split_finish",
         }
     }
@@ -632,6 +643,10 @@ mod tests {
         assert!(cross_entropy::SPLIT_FINISH_SHADER.contains(&format!(
             "const WG: u32 = {}u;",
             cross_entropy::NARROW_WORKGROUP_SIZE
+        )));
+        assert!(cross_entropy::SPLIT_LANES_SHADER.contains(&format!(
+            "const WG: u32 = {}u;",
+            cross_entropy::SPLIT_LANES_WORKGROUP_SIZE
         )));
         assert!(cross_entropy::FUSED_NARROW_SHADER.contains(&format!(
             "const NARROW_CACHE: u32 = {}u;",

@@ -123,7 +123,7 @@ impl Pipelines {
             | Kernel::Weights
             | Kernel::SplitRows
             | Kernel::SplitFinish => &self.forward,
-            Kernel::SubgroupVec4 | Kernel::NarrowVec4 => self
+            Kernel::SubgroupVec4 | Kernel::NarrowVec4 | Kernel::SplitLanes => self
                 .vec4
                 .as_ref()
                 .expect("vec4 loads only where the device allows them"),

@@ -84,13 +84,14 @@ pub struct BenchArgs {
     #[arg(long, value_name = "N")]
     wide_workgroup_size: Option<u32>,
     /// Runs to cut each row into (GPU; 1 never splits; default: split only
-    /// rows too few to fill the device)
+    /// rows too few to fill the device, and on a CPU-type adapter plain rows
+    /// longer than 2,048 classes into runs of at most 2,048)
     #[arg(long, value_name = "S", value_parser = clap::value_parser!(u32).range(1..))]
     row_segments: Option<u32>,
     /// Read f32 rows as vec4s in the subgroup kernel, and on a CPU-type
-    /// adapter take plain rows of up to 2,048 classes a row per invocation
-    /// with vec4 loads (GPU; default: true wherever the device allows the
-    /// extra binding)
+    /// adapter take plain rows a row (or a run of up to 2,048 classes) per
+    /// invocation with vec4 loads (GPU; default: true wherever the device
+    /// allows the extra binding)
     #[arg(long, value_name = "BOOL")]
     vector_loads: Option<bool>,
     /// With --grad: compute the gradient from one read of the logits where
