@@ -61,9 +61,14 @@ pub struct BenchArgs {
     /// Timed iterations; the medians are reported
     #[arg(long, default_value_t = 20, value_parser = clap::value_parser!(u32).range(1..))]
     iters: u32,
-    /// Untimed iterations first
+    /// Untimed iterations first (at least this many)
     #[arg(long, default_value_t = 3)]
     warmup: u32,
+    /// Untimed iterations go on for at least this long (ms): on a 2-core
+    /// VM, 65,536x10 calls on the CPU took 1.9x as long for the first 50 or
+    /// so (about 25 ms) as after
+    #[arg(long, value_name = "MS", default_value_t = 200)]
+    warmup_ms: u32,
     /// GPU kernel choice
     #[arg(long, value_enum, default_value_t = BenchKernel::Auto)]
     kernel: BenchKernel,
@@ -296,14 +301,25 @@ fn time_calls(args: &BenchArgs, mut call: impl FnMut() -> Result<()>) -> Result<
     })
 }
 
-/// `args.warmup` untimed calls, then the times `args.iters` calls report.
+/// Untimed calls: at least `args.warmup`, and on until `args.warmup_ms`
+/// have passed.
+fn warm_up(args: &BenchArgs, mut call: impl FnMut() -> Result<()>) -> Result<()> {
+    let start = Instant::now();
+    let least = Duration::from_millis(args.warmup_ms.into());
+    let mut calls = 0;
+    while calls < args.warmup || start.elapsed() < least {
+        call()?;
+        calls += 1;
+    }
+    Ok(())
+}
+
+/// [`warm_up`], then the times `args.iters` calls report.
 fn measure_calls(
     args: &BenchArgs,
     mut call: impl FnMut() -> Result<Duration>,
 ) -> Result<Vec<Duration>> {
-    for _ in 0..args.warmup {
-        call()?;
-    }
+    warm_up(args, || call().map(drop))?;
     (0..args.iters).map(|_| call()).collect()
 }
 
@@ -357,42 +373,33 @@ fn bench_gpu(args: &BenchArgs, spec: &CrossEntropy, batch: &Batch<'_>) -> Result
         timestamps: true,
         ..options
     })?;
+    warm_up(args, || context.compute_blocking(spec, batch).map(drop))?;
     let mut kernel = Vec::new();
-    measure_calls(args, || {
+    for _ in 0..args.iters {
         context.compute_blocking(spec, batch)?;
         kernel.extend(context.last_kernel_time());
-        Ok(Duration::ZERO)
-    })?;
-    // Warm-up calls recorded kernel times too; keep the timed ones.
-    let kernel = kernel.split_off(kernel.len().saturating_sub(args.iters as usize));
+    }
     let roofline = Roofline::new(&context)?;
     let logit_bytes = (batch.logits.len() * 4) as u64;
     let fits = logit_bytes <= roofline.max_bytes();
     let mut load = Vec::new();
     let mut copy = Vec::new();
-    let mut trip = Vec::new();
     let upload: Vec<u8> = bytemuck_bytes(batch);
     // The losses and one 56-byte partial.
     let readback = batch.batch as u64 * 4 + 56;
     // The bandwidth kernels run back to back, apart from the round trips:
     // on an H200, load-only kernels that each followed a round trip of
     // 16-268 MB measured 1.1-1.45x slower than back to back.
-    for i in 0..args.warmup + args.iters {
-        if fits {
-            let l = roofline.load(logit_bytes)?;
-            let c = roofline.copy(logit_bytes)?;
-            if i >= args.warmup {
-                load.push(l.kernel.unwrap_or(l.wall));
-                copy.push(c.kernel.unwrap_or(c.wall));
-            }
+    if fits {
+        let load_and_copy = || Ok((roofline.load(logit_bytes)?, roofline.copy(logit_bytes)?));
+        warm_up(args, || load_and_copy().map(drop))?;
+        for _ in 0..args.iters {
+            let (l, c) = load_and_copy()?;
+            load.push(l.kernel.unwrap_or(l.wall));
+            copy.push(c.kernel.unwrap_or(c.wall));
         }
     }
-    for i in 0..args.warmup + args.iters {
-        let t = roofline.round_trip(&upload, readback)?;
-        if i >= args.warmup {
-            trip.push(t);
-        }
-    }
+    let trip = measure_calls(args, || roofline.round_trip(&upload, readback))?;
     let some_median = |v: Vec<Duration>| (!v.is_empty()).then(|| median(v));
     Ok(Report {
         kernel_name: Some(
