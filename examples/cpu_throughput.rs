@@ -9,6 +9,7 @@
 //! cargo run --release --example cpu_throughput -- 10 scalar 65536x10 # also a plain scalar loop
 //! cargo run --release --example cpu_throughput -- 10 64x1000          # any BxC shape
 //! cargo run --release --example cpu_throughput -- 10 probs dense 65536x10 # probabilities, one-hot targets
+//! cargo run --release --example cpu_throughput -- 10 avx2 512x32000   # AVX2 even where AVX-512 is
 //! ```
 //!
 //! `scalar` adds, per shape, a plain one-thread f32 loop (max, Σ exp, log,
@@ -111,9 +112,14 @@ fn main() {
     let wanted: Vec<String> = args.collect();
     let flag = |name: &str| wanted.iter().any(|w| w == name);
     let (scalar, probabilities, dense) = (flag("scalar"), flag("probs"), flag("dense"));
+    let isa = if flag("avx2") {
+        fast::Isa::Avx2
+    } else {
+        fast::Isa::Detect
+    };
     let named: Vec<&String> = wanted
         .iter()
-        .filter(|w| !["scalar", "probs", "dense"].contains(&w.as_str()))
+        .filter(|w| !["scalar", "probs", "dense", "avx2"].contains(&w.as_str()))
         .collect();
     let want = |name: &str| named.is_empty() || named.iter().any(|w| *w == name);
     // Any `BxC` named runs that shape; with none named, the standard ones.
@@ -129,7 +135,7 @@ fn main() {
     }
     println!(
         "fast cpu ({}, {} threads), median of {rounds} rounds",
-        fast::Isa::Detect.name(),
+        isa.name(),
         rayon::current_num_threads()
     );
     let spec = if probabilities {
@@ -156,7 +162,7 @@ fn main() {
             Batch::with_labels(&logits, c, &labels)
         };
         let seconds = time(rounds, || {
-            black_box(fast::cross_entropy(&spec, &batch).unwrap());
+            black_box(fast::cross_entropy_with(&spec, &batch, isa).unwrap());
         });
         let bytes = (b * c * 4 + b * 12) as f64;
         println!(

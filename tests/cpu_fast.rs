@@ -17,7 +17,7 @@ use fused_loss::cpu::fast::{self, Isa};
 use fused_loss::cpu::reference;
 use fused_loss::*;
 
-const ISAS: [Isa; 2] = [Isa::Detect, Isa::Portable];
+const ISAS: [Isa; 3] = [Isa::Detect, Isa::Avx2, Isa::Portable];
 
 /// Checks one configuration on both instruction sets against the reference:
 /// losses, stats, reduced values, gradient and row lse.
