@@ -1,6 +1,6 @@
 //! Times the fast CPU path at the benchmark shapes, and the machine's
 //! memory read bandwidth, in the model bytes per second of DESIGN §6
-//! (`B·C·4 + B·12`). One line per shape: the median of the rounds.
+//! (`B·C·4`, ×2 with `grad`, `+ B·12`). One line per shape: the median of the rounds.
 //!
 //! ```sh
 //! cargo run --release --example cpu_throughput               # every shape, then the bandwidth
@@ -10,6 +10,7 @@
 //! cargo run --release --example cpu_throughput -- 10 64x1000          # any BxC shape
 //! cargo run --release --example cpu_throughput -- 10 probs dense 65536x10 # probabilities, one-hot targets
 //! cargo run --release --example cpu_throughput -- 10 avx2 512x32000   # AVX2 even where AVX-512 is
+//! cargo run --release --example cpu_throughput -- 10 grad 4096x1000   # with the gradient
 //! ```
 //!
 //! `scalar` adds, per shape, a plain one-thread f32 loop (max, Σ exp, log,
@@ -112,6 +113,7 @@ fn main() {
     let wanted: Vec<String> = args.collect();
     let flag = |name: &str| wanted.iter().any(|w| w == name);
     let (scalar, probabilities, dense) = (flag("scalar"), flag("probs"), flag("dense"));
+    let gradient = flag("grad");
     let isa = if flag("avx2") {
         fast::Isa::Avx2
     } else {
@@ -119,7 +121,7 @@ fn main() {
     };
     let named: Vec<&String> = wanted
         .iter()
-        .filter(|w| !["scalar", "probs", "dense", "avx2"].contains(&w.as_str()))
+        .filter(|w| !["scalar", "probs", "dense", "avx2", "grad"].contains(&w.as_str()))
         .collect();
     let want = |name: &str| named.is_empty() || named.iter().any(|w| *w == name);
     // Any `BxC` named runs that shape; with none named, the standard ones.
@@ -142,7 +144,8 @@ fn main() {
         CrossEntropy::new().with_input(InputKind::Probabilities)
     } else {
         CrossEntropy::new()
-    };
+    }
+    .with_gradient(gradient);
     for (b, c) in shapes {
         let name = format!("{b}x{c}");
         let (mut logits, labels) = synthetic(b, c);
@@ -164,7 +167,7 @@ fn main() {
         let seconds = time(rounds, || {
             black_box(fast::cross_entropy_with(&spec, &batch, isa).unwrap());
         });
-        let bytes = (b * c * 4 + b * 12) as f64;
+        let bytes = (b * c * 4 * if gradient { 2 } else { 1 } + b * 12) as f64;
         println!(
             "{name:>10}  {:>9.1} us  {:>6.2} GB/s",
             seconds * 1e6,

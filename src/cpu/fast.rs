@@ -79,7 +79,7 @@ const MAX_LANES: usize = 16;
 pub enum Isa {
     /// The best the CPU has, detected at run time. On x86-64: AVX-512
     /// (x86-64-v4) where the CPU has it for every kernel but the narrow one
-    /// (1.1–1.4× AVX2 from C = 32 to 262,144 on a 2-core Xeon), AVX2+FMA for
+    /// (1.1–1.56× AVX2 from C = 32 to 262,144 on a 2-core Xeon), AVX2+FMA for
     /// the narrow kernel (rows of up to 24 classes, whose register
     /// transposes are AVX2) and where AVX-512 is missing, else the portable
     /// path.
