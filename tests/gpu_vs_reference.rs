@@ -468,19 +468,7 @@ fn lane_rows_match_reference() {
             .map(|(n, &y)| if n % 5 == 0 { -100 } else { y })
             .collect();
         let sample_weights = rng.sample_weights(batch);
-        let class_weights: Vec<f32> = (0..classes).map(|c| 0.25 + (c % 4) as f32 * 0.5).collect();
-        let specs = [
-            CrossEntropy::new().with_row_lse(true),
-            CrossEntropy::new()
-                .with_softcap(30.0)
-                .with_z_loss(1e-3)
-                .with_reduction(Reduction::Sum),
-            CrossEntropy::new()
-                .with_class_weights(class_weights)
-                .with_ignore_index(-100)
-                .with_reduction(Reduction::SumByNonzeroWeights),
-        ];
-        for (i, spec) in specs.iter().enumerate() {
+        for (i, spec) in plain_specs(classes).iter().enumerate() {
             let what = format!("lane rows {batch}x{classes}, spec {i}");
             if cpu_adapter {
                 assert_eq!(

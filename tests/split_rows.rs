@@ -22,8 +22,37 @@ fn logits(rng: &mut Rng, b: usize, c: usize, special: bool) -> Vec<f32> {
     x
 }
 
+/// `out` (`engine`'s result for `spec` on `batch`) against the reference's
+/// losses, counts and weight sum, its sum against its own losses, and a
+/// second call with the same bits.
+fn assert_reference_and_repeat(
+    engine: &Engine,
+    spec: &CrossEntropy,
+    batch: &Batch<'_>,
+    out: &LossOutput,
+    what: &str,
+) {
+    let want = reference::compute(spec, batch).unwrap();
+    assert_matches_reference(spec, batch, &out.per_example);
+    assert_eq!(out.stats.count, want.stats.count, "{what}");
+    assert_eq!(
+        out.stats.nonfinite_rows, want.stats.nonfinite_rows,
+        "{what}"
+    );
+    assert_rel(out.stats.weight_sum, want.stats.weight_sum, 1e-7, what);
+    assert_rel(out.stats.sum, exact_sum(&out.per_example), 1e-12, what);
+    let again = engine.compute_blocking(spec, batch).unwrap();
+    let bits = |v: &[f32]| v.iter().map(|x| x.to_bits()).collect::<Vec<_>>();
+    assert_eq!(bits(&out.per_example), bits(&again.per_example), "{what}");
+    // Debug text: NaN sums compare equal there.
+    assert_eq!(
+        format!("{:?}", out.stats),
+        format!("{:?}", again.stats),
+        "{what}"
+    );
+}
+
 fn check(engine: &Engine, b: usize, c: usize, rng: &mut Rng, what: &str) {
-    let context = engine.gpu_context().unwrap();
     let x = logits(rng, b, c, true);
     let labels = rng.labels(b, c);
     let ignored: Vec<i32> = labels
@@ -59,16 +88,7 @@ fn check(engine: &Engine, b: usize, c: usize, rng: &mut Rng, what: &str) {
                 }
                 let what =
                     format!("{what} {b}x{c} targets={targets} weighted={weighted} {reduction}");
-                let out = context.compute_blocking(&spec, &batch).unwrap();
-                let want = reference::compute(&spec, &batch).unwrap();
-                assert_matches_reference(&spec, &batch, &out.per_example);
-                assert_eq!(out.stats.count, want.stats.count, "{what}");
-                assert_eq!(
-                    out.stats.nonfinite_rows, want.stats.nonfinite_rows,
-                    "{what}"
-                );
-                assert_rel(out.stats.weight_sum, want.stats.weight_sum, 1e-7, &what);
-                assert_rel(out.stats.sum, exact_sum(&out.per_example), 1e-12, &what);
+                let out = engine.compute_blocking(&spec, &batch).unwrap();
                 assert_gradient_close(
                     &spec,
                     &batch,
@@ -77,15 +97,7 @@ fn check(engine: &Engine, b: usize, c: usize, rng: &mut Rng, what: &str) {
                     &what,
                 );
                 assert_row_lse_close(&spec, &batch, out.row_lse.as_ref().unwrap(), &what);
-                let again = context.compute_blocking(&spec, &batch).unwrap();
-                let bits = |v: &[f32]| v.iter().map(|x| x.to_bits()).collect::<Vec<_>>();
-                assert_eq!(bits(&out.per_example), bits(&again.per_example), "{what}");
-                // Debug text: NaN sums compare equal there.
-                assert_eq!(
-                    format!("{:?}", out.stats),
-                    format!("{:?}", again.stats),
-                    "{what}"
-                );
+                assert_reference_and_repeat(engine, &spec, &batch, &out, &what);
             }
         }
     }
@@ -225,45 +237,17 @@ fn check_plain(engine: &Engine, b: usize, c: usize, rng: &mut Rng, what: &str) {
         .map(|(n, &y)| if n % 3 == 1 { -100 } else { y })
         .collect();
     let weights = rng.sample_weights(b);
-    let class_weights: Vec<f32> = (0..c).map(|k| 0.25 + (k % 4) as f32 * 0.5).collect();
-    let specs = [
-        CrossEntropy::new().with_row_lse(true),
-        CrossEntropy::new()
-            .with_softcap(30.0)
-            .with_z_loss(1e-3)
-            .with_reduction(Reduction::Sum),
-        CrossEntropy::new()
-            .with_class_weights(class_weights)
-            .with_ignore_index(-100)
-            .with_reduction(Reduction::SumByNonzeroWeights),
-    ];
-    for (i, spec) in specs.iter().enumerate() {
+    for (i, spec) in plain_specs(c).iter().enumerate() {
         let what = format!("{what} {b}x{c} spec {i}");
         let batch = match i {
             2 => Batch::with_labels(&x, c, &ignored).sample_weights(&weights),
             _ => Batch::with_labels(&x, c, &labels),
         };
         let out = engine.compute_blocking(spec, &batch).unwrap();
-        let want = reference::compute(spec, &batch).unwrap();
-        assert_matches_reference(spec, &batch, &out.per_example);
-        assert_eq!(out.stats.count, want.stats.count, "{what}");
-        assert_eq!(
-            out.stats.nonfinite_rows, want.stats.nonfinite_rows,
-            "{what}"
-        );
-        assert_rel(out.stats.weight_sum, want.stats.weight_sum, 1e-7, &what);
-        assert_rel(out.stats.sum, exact_sum(&out.per_example), 1e-12, &what);
         if spec.row_lse {
             assert_row_lse_close(spec, &batch, out.row_lse.as_ref().unwrap(), &what);
         }
-        let again = engine.compute_blocking(spec, &batch).unwrap();
-        let bits = |v: &[f32]| v.iter().map(|x| x.to_bits()).collect::<Vec<_>>();
-        assert_eq!(bits(&out.per_example), bits(&again.per_example), "{what}");
-        assert_eq!(
-            format!("{:?}", out.stats),
-            format!("{:?}", again.stats),
-            "{what}"
-        );
+        assert_reference_and_repeat(engine, spec, &batch, &out, &what);
     }
 }
 

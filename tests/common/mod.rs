@@ -2,7 +2,9 @@
 #![allow(dead_code)]
 
 use fused_loss::cpu::reference::{self, RowLoss};
-use fused_loss::{Batch, CrossEntropy, Engine, Error, GpuOptions, KernelVariant, LogitElement};
+use fused_loss::{
+    Batch, CrossEntropy, Engine, Error, GpuOptions, KernelVariant, LogitElement, Reduction,
+};
 
 /// The GPU engine. With `FUSED_LOSS_REQUIRE_GPU=1` (as in CI) a missing
 /// adapter fails the test; otherwise the test is skipped with a message.
@@ -304,4 +306,23 @@ pub fn assert_row_lse_close<T: LogitElement>(
             row.lse
         );
     }
+}
+
+/// The options plain rows (no class sums) take, for the lane-row and
+/// lane-run tests: the row lse; soft-capping and z-loss with a sum; class
+/// weights of `classes` and an ignore index of −100 with
+/// sum-by-nonzero-weights (meant for labels with −100 and sample weights).
+pub fn plain_specs(classes: usize) -> [CrossEntropy; 3] {
+    let class_weights: Vec<f32> = (0..classes).map(|c| 0.25 + (c % 4) as f32 * 0.5).collect();
+    [
+        CrossEntropy::new().with_row_lse(true),
+        CrossEntropy::new()
+            .with_softcap(30.0)
+            .with_z_loss(1e-3)
+            .with_reduction(Reduction::Sum),
+        CrossEntropy::new()
+            .with_class_weights(class_weights)
+            .with_ignore_index(-100)
+            .with_reduction(Reduction::SumByNonzeroWeights),
+    ]
 }
