@@ -424,13 +424,9 @@ impl GpuContext {
     ) -> Result<Self> {
         let uncaptured = Arc::new(Mutex::new(None));
         let scope = device.push_error_scope(wgpu::ErrorFilter::Validation);
-        let device_type = device.adapter_info().device_type;
-        let pipelines = Pipelines::new(
-            &device,
-            options
-                .shared_row_finish
-                .unwrap_or(device_type == wgpu::DeviceType::Cpu),
-        );
+        // A CPU-type adapter (lavapipe) takes its own defaults throughout.
+        let cpu_adapter = device.adapter_info().device_type == wgpu::DeviceType::Cpu;
+        let pipelines = Pipelines::new(&device, options.shared_row_finish.unwrap_or(cpu_adapter));
         let placeholder = device.create_buffer(&wgpu::BufferDescriptor {
             label: Some("placeholder"),
             size: 16,
@@ -472,7 +468,7 @@ impl GpuContext {
         let wide_tree_bytes = ce::wide_tree_bytes(1) as u64;
         let wide_workgroup = match options.wide_workgroup_size {
             Some(size) => checked_workgroup_size("wide", size, wide_tree_bytes, &limits)?,
-            None if device_type == wgpu::DeviceType::Cpu => ce::CPU_WIDE_WORKGROUP_SIZE,
+            None if cpu_adapter => ce::CPU_WIDE_WORKGROUP_SIZE,
             None => ce::WIDE_WORKGROUP_SIZE,
         };
         // The largest wide workgroup the device takes, for rows too long
@@ -484,7 +480,7 @@ impl GpuContext {
             .unwrap_or(wide_workgroup)
             .max(wide_workgroup);
         let vector_loads = pipelines.has_vec4() && options.vector_loads.unwrap_or(true);
-        let lane_rows = vector_loads && device_type == wgpu::DeviceType::Cpu;
+        let lane_rows = vector_loads && cpu_adapter;
         pipelines.build_up_front(
             &device,
             ce::Workgroups {
@@ -508,16 +504,14 @@ impl GpuContext {
             pipelines,
             gradient_in_place: options.gradient_in_place,
             single_read: options.single_read,
-            cpu_adapter: device_type == wgpu::DeviceType::Cpu,
+            cpu_adapter,
             native_f16: native_f16 && !options.packed_f16,
             placeholder,
             placeholder_writable,
             max_binding_bytes: max_binding_bytes.max(256),
             grouping: match options.rows_per_group {
                 Some(rows) => ce::Grouping::Rows(rows),
-                None if device_type == wgpu::DeviceType::Cpu => {
-                    ce::Grouping::Groups(ce::cpu_target_groups())
-                }
+                None if cpu_adapter => ce::Grouping::Groups(ce::cpu_target_groups()),
                 None => ce::Grouping::Groups(ce::GPU_TARGET_GROUPS),
             },
             row_segments: options.row_segments,
