@@ -11,6 +11,7 @@
 //! cargo run --release --example cpu_throughput -- 10 probs dense 65536x10 # probabilities, one-hot targets
 //! cargo run --release --example cpu_throughput -- 10 avx2 512x32000   # AVX2 even where AVX-512 is
 //! cargo run --release --example cpu_throughput -- 10 grad 4096x1000   # with the gradient
+//! cargo run --release --example cpu_throughput -- 10 grad into 512x32000 # into one reused output
 //! ```
 //!
 //! `scalar` adds, per shape, a plain one-thread f32 loop (max, Σ exp, log,
@@ -114,6 +115,7 @@ fn main() {
     let flag = |name: &str| wanted.iter().any(|w| w == name);
     let (scalar, probabilities, dense) = (flag("scalar"), flag("probs"), flag("dense"));
     let gradient = flag("grad");
+    let reuse = flag("into");
     let isa = if flag("avx2") {
         fast::Isa::Avx2
     } else {
@@ -121,7 +123,7 @@ fn main() {
     };
     let named: Vec<&String> = wanted
         .iter()
-        .filter(|w| !["scalar", "probs", "dense", "avx2", "grad"].contains(&w.as_str()))
+        .filter(|w| !["scalar", "probs", "dense", "avx2", "grad", "into"].contains(&w.as_str()))
         .collect();
     let want = |name: &str| named.is_empty() || named.iter().any(|w| *w == name);
     // Any `BxC` named runs that shape; with none named, the standard ones.
@@ -164,8 +166,14 @@ fn main() {
         } else {
             Batch::with_labels(&logits, c, &labels)
         };
+        let mut out = fast::cross_entropy_with(&spec, &batch, isa).unwrap();
         let seconds = time(rounds, || {
-            black_box(fast::cross_entropy_with(&spec, &batch, isa).unwrap());
+            if reuse {
+                fast::cross_entropy_into(&spec, &batch, &mut out).unwrap();
+                black_box(&out);
+            } else {
+                black_box(fast::cross_entropy_with(&spec, &batch, isa).unwrap());
+            }
         });
         let bytes = (b * c * 4 * if gradient { 2 } else { 1 } + b * 12) as f64;
         println!(

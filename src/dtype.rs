@@ -64,22 +64,31 @@ impl LogitDtype {
 
     /// Values of this type, stored as little-endian bytes (halves packed two
     /// per u32 word), widened to f32 exactly.
+    #[cfg(test)]
     pub(crate) fn decode(self, bytes: &[u8], count: usize) -> Vec<f32> {
+        let mut out = Vec::new();
+        self.decode_into(bytes, count, &mut out);
+        out
+    }
+
+    /// [`LogitDtype::decode`] into `out` (cleared first; its memory reused).
+    pub(crate) fn decode_into(self, bytes: &[u8], count: usize, out: &mut Vec<f32>) {
+        out.clear();
         match self {
-            LogitDtype::F32 => bytes[..count * 4]
-                .chunks_exact(4)
-                .map(|b| f32::from_le_bytes([b[0], b[1], b[2], b[3]]))
-                .collect(),
-            LogitDtype::F16 | LogitDtype::Bf16 => bytes[..count * 2]
-                .chunks_exact(2)
-                .map(|b| {
+            LogitDtype::F32 => out.extend(
+                bytes[..count * 4]
+                    .chunks_exact(4)
+                    .map(|b| f32::from_le_bytes([b[0], b[1], b[2], b[3]])),
+            ),
+            LogitDtype::F16 | LogitDtype::Bf16 => {
+                out.extend(bytes[..count * 2].chunks_exact(2).map(|b| {
                     let bits = u16::from_le_bytes([b[0], b[1]]);
                     match self {
                         LogitDtype::F16 => f16::from_bits(bits).to_f32(),
                         _ => bf16::from_bits(bits).to_f32(),
                     }
-                })
-                .collect(),
+                }))
+            }
         }
     }
 

@@ -4,7 +4,7 @@ use crate::cpu::{fast, reference};
 use crate::dtype::{GradientDtype, LogitDtype, LogitElement};
 use crate::error::{Error, Result};
 use crate::gpu::{GpuContext, GpuOptions};
-use crate::output::{Backend, LossOutput};
+use crate::output::{Backend, LossOutput, OutputBuffers};
 use crate::spec::{Batch, CrossEntropy};
 use std::time::{Duration, Instant};
 
@@ -197,18 +197,7 @@ impl Engine {
     ) -> Result<LossOutput> {
         match &self.inner {
             Inner::Gpu(context) => context.compute(spec, batch).await,
-            Inner::Cpu => {
-                // Exact widening: the fast path sees the same values (f32
-                // logits are borrowed, not copied).
-                let widened = T::to_f32_slice(batch.logits);
-                let mut out = fast::cross_entropy(spec, &batch.with_logits(&widened))?;
-                if spec.gradient_dtype == GradientDtype::Input && T::DTYPE != LogitDtype::F32 {
-                    for g in out.gradient.iter_mut().flatten() {
-                        *g = T::DTYPE.round(*g as f64);
-                    }
-                }
-                Ok(out)
-            }
+            Inner::Cpu => fast_compute(spec, batch, OutputBuffers::default()),
             Inner::Reference => reference::compute(spec, batch),
         }
     }
@@ -221,6 +210,79 @@ impl Engine {
     ) -> Result<LossOutput> {
         pollster::block_on(self.compute(spec, batch))
     }
+
+    /// [`Engine::compute`] into `out`, reusing the memory of its vectors
+    /// (losses, gradient, row lse) on the GPU and the fast CPU path: in a
+    /// training loop of one shape no call after the first allocates them
+    /// (a fresh `[B, C]` gradient too large for the allocator to recycle
+    /// is faulted in page by page on every call: at 512 × 32,000, a 65 MB
+    /// gradient, reuse made the CPU path's call 1.85× faster; at
+    /// 4,096 × 1,000 it made no difference).
+    /// The reference allocates as [`Engine::compute`] does. On an error `out`
+    /// is left empty: no losses, no gradient, zero stats.
+    ///
+    /// ```
+    /// use fused_loss::{Batch, CrossEntropy, Engine};
+    ///
+    /// let engine = Engine::cpu();
+    /// let logits = [2.0f32, 0.5, -1.0, 0.1, 0.2, 3.0];
+    /// let spec = CrossEntropy::new().with_gradient(true);
+    /// let mut out = engine.compute_blocking(&spec, &Batch::with_labels(&logits, 3, &[0, 2]))?;
+    /// for step in 0..3 {
+    ///     let labels = [step % 3, 2];
+    ///     engine.compute_into_blocking(&spec, &Batch::with_labels(&logits, 3, &labels), &mut out)?;
+    /// }
+    /// assert_eq!(out.gradient.as_ref().unwrap().len(), 6);
+    /// # Ok::<(), fused_loss::Error>(())
+    /// ```
+    pub async fn compute_into<T: LogitElement>(
+        &self,
+        spec: &CrossEntropy,
+        batch: &Batch<'_, T>,
+        out: &mut LossOutput,
+    ) -> Result<()> {
+        match &self.inner {
+            Inner::Gpu(context) => context.compute_into(spec, batch, out).await,
+            Inner::Cpu => {
+                let buffers = out.take_buffers();
+                out.store(fast_compute(spec, batch, buffers))
+            }
+            Inner::Reference => out.store(reference::compute(spec, batch)),
+        }
+    }
+
+    /// Blocking [`Engine::compute_into`].
+    pub fn compute_into_blocking<T: LogitElement>(
+        &self,
+        spec: &CrossEntropy,
+        batch: &Batch<'_, T>,
+        out: &mut LossOutput,
+    ) -> Result<()> {
+        pollster::block_on(self.compute_into(spec, batch, out))
+    }
+}
+
+/// The fast CPU path for logits of any [`LogitElement`]: widened exactly
+/// to f32 (f32 logits are borrowed, not copied), an [`GradientDtype::Input`]
+/// gradient of half logits rounded to their type.
+fn fast_compute<T: LogitElement>(
+    spec: &CrossEntropy,
+    batch: &Batch<'_, T>,
+    buffers: OutputBuffers,
+) -> Result<LossOutput> {
+    let widened = T::to_f32_slice(batch.logits);
+    let mut out = fast::cross_entropy_reusing(
+        spec,
+        &batch.with_logits(&widened),
+        fast::Isa::Detect,
+        buffers,
+    )?;
+    if spec.gradient_dtype == GradientDtype::Input && T::DTYPE != LogitDtype::F32 {
+        for g in out.gradient.iter_mut().flatten() {
+            *g = T::DTYPE.round(*g as f64);
+        }
+    }
+    Ok(out)
 }
 
 /// Rows and classes of the batch [`Engine::auto`] times on a CPU-type

@@ -113,7 +113,56 @@ pub struct LossOutput {
     pub row_lse: Option<Vec<f32>>,
 }
 
+/// A [`LossOutput`]'s vectors, taken out of it for a `*_into` call to
+/// reuse their memory.
+#[derive(Default)]
+pub(crate) struct OutputBuffers {
+    pub per_example: Vec<f32>,
+    pub gradient: Vec<f32>,
+    pub row_lse: Vec<f32>,
+}
+
+/// `v` as `len` zeros: in place where it holds enough already (no
+/// allocation, no page faults), else a fresh zeroed allocation.
+pub(crate) fn zeroed(mut v: Vec<f32>, len: usize) -> Vec<f32> {
+    if v.capacity() < len {
+        return vec![0.0; len];
+    }
+    v.clear();
+    v.resize(len, 0.0);
+    v
+}
+
 impl LossOutput {
+    /// An output of no rows, as `*_into` calls leave it on an error.
+    pub(crate) fn empty(reduction: Reduction, backend: Backend) -> Self {
+        LossOutput::new(Vec::new(), reduction, LossStats::default(), backend)
+    }
+
+    /// Takes the vectors out (the output is left without them).
+    pub(crate) fn take_buffers(&mut self) -> OutputBuffers {
+        OutputBuffers {
+            per_example: std::mem::take(&mut self.per_example),
+            gradient: self.gradient.take().unwrap_or_default(),
+            row_lse: self.row_lse.take().unwrap_or_default(),
+        }
+    }
+
+    /// Stores a `*_into` call's result: the new output, or on an error an
+    /// empty one, so that no earlier or partial result is left.
+    pub(crate) fn store(&mut self, result: crate::Result<LossOutput>) -> crate::Result<()> {
+        match result {
+            Ok(out) => {
+                *self = out;
+                Ok(())
+            }
+            Err(e) => {
+                *self = LossOutput::empty(self.reduction, self.backend);
+                Err(e)
+            }
+        }
+    }
+
     pub(crate) fn new(
         per_example: Vec<f32>,
         reduction: Reduction,

@@ -47,7 +47,7 @@ use rayon::prelude::*;
 
 use crate::cpu::reference::{self, RowLoss};
 use crate::error::{Error, Result};
-use crate::output::{gradient_denominator, Backend, LossOutput, LossStats};
+use crate::output::{gradient_denominator, zeroed, Backend, LossOutput, LossStats, OutputBuffers};
 use crate::spec::{check_labels, Batch, CrossEntropy, InputKind, Targets};
 
 /// Rows of at most this many classes (with labels) go one row per SIMD lane.
@@ -158,6 +158,42 @@ pub fn cross_entropy(spec: &CrossEntropy, batch: &Batch<'_>) -> Result<LossOutpu
 
 /// [`cross_entropy`] on a chosen instruction set.
 pub fn cross_entropy_with(spec: &CrossEntropy, batch: &Batch<'_>, isa: Isa) -> Result<LossOutput> {
+    cross_entropy_reusing(spec, batch, isa, OutputBuffers::default())
+}
+
+/// [`cross_entropy`] into `out`, reusing the memory of its vectors: a loop
+/// of calls of one shape allocates its losses, gradient and row lse only
+/// once (a fresh gradient is faulted in page by page on every call). On an
+/// error `out` is left empty: no losses, no gradient, zero stats.
+///
+/// ```
+/// use fused_loss::cpu::fast;
+/// use fused_loss::{Batch, CrossEntropy};
+///
+/// let logits = [2.0f32, 0.5, -1.0, 0.1, 0.2, 3.0];
+/// let spec = CrossEntropy::new().with_gradient(true);
+/// let mut out = fast::cross_entropy(&spec, &Batch::with_labels(&logits, 3, &[0, 2]))?;
+/// let kept = out.gradient.as_ref().unwrap().as_ptr();
+/// fast::cross_entropy_into(&spec, &Batch::with_labels(&logits, 3, &[1, 1]), &mut out)?;
+/// assert_eq!(out.gradient.as_ref().unwrap().as_ptr(), kept);
+/// # Ok::<(), fused_loss::Error>(())
+/// ```
+pub fn cross_entropy_into(
+    spec: &CrossEntropy,
+    batch: &Batch<'_>,
+    out: &mut LossOutput,
+) -> Result<()> {
+    let buffers = out.take_buffers();
+    out.store(cross_entropy_reusing(spec, batch, Isa::Detect, buffers))
+}
+
+/// [`cross_entropy_with`] writing into `buffers` where they hold enough.
+pub(crate) fn cross_entropy_reusing(
+    spec: &CrossEntropy,
+    batch: &Batch<'_>,
+    isa: Isa,
+    buffers: OutputBuffers,
+) -> Result<LossOutput> {
     batch.validate(spec)?;
     if let Targets::Labels(labels) = batch.targets {
         // A branch-free parallel scan; the reference's scan finds the row.
@@ -191,17 +227,10 @@ pub fn cross_entropy_with(spec: &CrossEntropy, batch: &Batch<'_>, isa: Isa) -> R
 
     let b = batch.batch;
     let c = batch.classes;
-    let mut per_example = vec![0.0f32; b];
-    let mut row_lse = if spec.row_lse {
-        vec![0.0f32; b]
-    } else {
-        Vec::new()
-    };
-    let mut gradient = if spec.gradient {
-        vec![0.0f32; b * c]
-    } else {
-        Vec::new()
-    };
+    // Zeros: ignored rows keep them.
+    let mut per_example = zeroed(buffers.per_example, b);
+    let mut row_lse = zeroed(buffers.row_lse, if spec.row_lse { b } else { 0 });
+    let mut gradient = zeroed(buffers.gradient, if spec.gradient { b * c } else { 0 });
     let mut lse_chunks = row_lse.chunks_mut(chunk_rows);
     let mut gradient_chunks = gradient.chunks_mut(chunk_rows * c);
     let tasks: Vec<ChunkOut<'_>> = per_example

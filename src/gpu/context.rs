@@ -13,7 +13,7 @@ use super::timer::Timer;
 use super::{map_read, reduce_partials, Kernel, Partial, Storage, Variant};
 use crate::dtype::{LogitDtype, LogitElement};
 use crate::error::{Error, Result};
-use crate::output::{Backend, LossOutput, LossStats};
+use crate::output::{Backend, LossOutput, LossStats, OutputBuffers};
 use crate::spec::{Batch, CrossEntropy, InputKind, Targets};
 
 /// Knobs for a [`GpuContext`].
@@ -774,10 +774,49 @@ impl GpuContext {
         spec: &CrossEntropy,
         batch: &Batch<'_, T>,
     ) -> Result<LossOutput> {
+        self.compute_reusing(spec, batch, OutputBuffers::default())
+            .await
+    }
+
+    /// [`GpuContext::compute`] into `out`, reusing the memory of its
+    /// vectors: the readback is decoded into them, so a loop of calls of
+    /// one shape allocates no host memory for its results after the first.
+    /// On an error `out` is left empty: no losses, no gradient, zero stats.
+    pub async fn compute_into<T: LogitElement>(
+        &self,
+        spec: &CrossEntropy,
+        batch: &Batch<'_, T>,
+        out: &mut LossOutput,
+    ) -> Result<()> {
+        let buffers = out.take_buffers();
+        out.store(self.compute_reusing(spec, batch, buffers).await)
+    }
+
+    /// Blocking [`GpuContext::compute_into`].
+    pub fn compute_into_blocking<T: LogitElement>(
+        &self,
+        spec: &CrossEntropy,
+        batch: &Batch<'_, T>,
+        out: &mut LossOutput,
+    ) -> Result<()> {
+        pollster::block_on(self.compute_into(spec, batch, out))
+    }
+
+    /// [`GpuContext::compute`], decoding into `buffers`.
+    async fn compute_reusing<T: LogitElement>(
+        &self,
+        spec: &CrossEntropy,
+        batch: &Batch<'_, T>,
+        buffers: OutputBuffers,
+    ) -> Result<LossOutput> {
         batch.validate(spec)?;
+        let OutputBuffers {
+            mut per_example,
+            mut gradient,
+            mut row_lse,
+        } = buffers;
         if batch.batch == 0 {
-            let stats = LossStats::default();
-            let mut out = LossOutput::new(Vec::new(), spec.reduction, stats, Backend::Gpu);
+            let mut out = LossOutput::empty(spec.reduction, Backend::Gpu);
             out.gradient = spec.gradient.then(Vec::new);
             out.row_lse = spec.row_lse.then(Vec::new);
             return Ok(out);
@@ -827,27 +866,23 @@ impl GpuContext {
         }
         let cells = batch.batch * batch.classes;
         let gradient_dtype = call.gradient.dtype();
-        let (per_example, partial, gradient, row_lse) =
-            map_read(&self.device, &readback.staging, readback.size, |view| {
-                let floats = |offset: u64, count: usize| -> Vec<f32> {
-                    LogitDtype::F32.decode(&view[offset as usize..], count)
-                };
-                let per_example = floats(0, batch.batch);
-                let at = readback.partial_offset as usize;
-                let partial: Partial =
-                    bytemuck::pod_read_unaligned(&view[at..at + std::mem::size_of::<Partial>()]);
-                let gradient = readback
-                    .gradient_offset
-                    .map(|offset| gradient_dtype.decode(&view[offset as usize..], cells));
-                let row_lse = readback
-                    .row_lse_offset
-                    .map(|offset| floats(offset, batch.batch));
-                if let (Some(offset), Some(timer)) = (readback.timestamp_offset, &self.timer) {
-                    timer.record(&view[offset as usize..offset as usize + 16]);
-                }
-                (per_example, partial, gradient, row_lse)
-            })
-            .await?;
+        let partial = map_read(&self.device, &readback.staging, readback.size, |view| {
+            LogitDtype::F32.decode_into(view, batch.batch, &mut per_example);
+            let at = readback.partial_offset as usize;
+            let partial: Partial =
+                bytemuck::pod_read_unaligned(&view[at..at + std::mem::size_of::<Partial>()]);
+            if let Some(offset) = readback.gradient_offset {
+                gradient_dtype.decode_into(&view[offset as usize..], cells, &mut gradient);
+            }
+            if let Some(offset) = readback.row_lse_offset {
+                LogitDtype::F32.decode_into(&view[offset as usize..], batch.batch, &mut row_lse);
+            }
+            if let (Some(offset), Some(timer)) = (readback.timestamp_offset, &self.timer) {
+                timer.record(&view[offset as usize..offset as usize + 16]);
+            }
+            partial
+        })
+        .await?;
         drop(buffers);
         partial.check(batch.classes, spec.check_finite)?;
         let mut out = LossOutput::new(
@@ -856,8 +891,8 @@ impl GpuContext {
             partial.stats(batch.batch),
             Backend::Gpu,
         );
-        out.gradient = gradient;
-        out.row_lse = row_lse;
+        out.gradient = readback.gradient_offset.map(|_| gradient);
+        out.row_lse = readback.row_lse_offset.map(|_| row_lse);
         Ok(out)
     }
 
