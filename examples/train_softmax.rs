@@ -5,7 +5,7 @@
 //!
 //! Run: `cargo run --release --example train_softmax`
 
-use fused_loss::{Batch, CrossEntropy, Engine, LossStats, Reduction};
+use fused_loss::{Batch, CrossEntropy, Engine, LossOutput, LossStats, Reduction};
 
 const FEATURES: usize = 16;
 const CLASSES: usize = 6;
@@ -122,6 +122,7 @@ fn main() -> Result<(), fused_loss::Error> {
         .with_label_smoothing(0.05)
         .with_gradient(true);
 
+    let mut reused: Option<LossOutput> = None;
     for epoch in 1..=EPOCHS {
         // Estimator-style numbers: `loss` is the mean of the per-batch
         // losses, `average_loss` the mean over examples (merged stats).
@@ -131,10 +132,16 @@ fn main() -> Result<(), fused_loss::Error> {
             let end = (start + BATCH).min(TRAIN);
             let x = &train_x[start * FEATURES..end * FEATURES];
             let logits = model.logits(x);
-            let out = engine.compute_blocking(
-                &spec,
-                &Batch::with_labels(&logits, CLASSES, &train_y[start..end]),
-            )?;
+            let batch = Batch::with_labels(&logits, CLASSES, &train_y[start..end]);
+            // After the first step, into the same output: its losses and
+            // gradient vectors are reused instead of allocated per step.
+            let out = match reused.take() {
+                Some(mut out) => {
+                    engine.compute_into_blocking(&spec, &batch, &mut out)?;
+                    reused.insert(out)
+                }
+                None => reused.insert(engine.compute_blocking(&spec, &batch)?),
+            };
             model.step(x, out.gradient.as_ref().expect("gradient was asked for"));
             batch_losses.push(out.loss);
             stats.merge(&out.stats);

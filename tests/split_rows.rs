@@ -52,14 +52,19 @@ fn assert_reference_and_repeat(
     );
 }
 
-fn check(engine: &Engine, b: usize, c: usize, rng: &mut Rng, what: &str) {
-    let x = logits(rng, b, c, true);
-    let labels = rng.labels(b, c);
-    let ignored: Vec<i32> = labels
+/// `labels` with every third row (from row 1) set to the ignore index -100.
+fn every_third_ignored(labels: &[i32]) -> Vec<i32> {
+    labels
         .iter()
         .enumerate()
         .map(|(n, &y)| if n % 3 == 1 { -100 } else { y })
-        .collect();
+        .collect()
+}
+
+fn check(engine: &Engine, b: usize, c: usize, rng: &mut Rng, what: &str) {
+    let x = logits(rng, b, c, true);
+    let labels = rng.labels(b, c);
+    let ignored = every_third_ignored(&labels);
     let dense = rng.distributions(b, c);
     let weights: Vec<f32> = (0..b).map(|n| if n % 4 == 2 { 0.0 } else { 1.5 }).collect();
     let class_weights: Vec<f32> = (0..c).map(|k| 0.5 + (k % 3) as f32 * 0.5).collect();
@@ -231,11 +236,7 @@ fn plain_rows(rng: &mut Rng, b: usize, c: usize) -> Vec<f32> {
 fn check_plain(engine: &Engine, b: usize, c: usize, rng: &mut Rng, what: &str) {
     let x = plain_rows(rng, b, c);
     let labels = rng.labels(b, c);
-    let ignored: Vec<i32> = labels
-        .iter()
-        .enumerate()
-        .map(|(n, &y)| if n % 3 == 1 { -100 } else { y })
-        .collect();
+    let ignored = every_third_ignored(&labels);
     let weights = rng.sample_weights(b);
     for (i, spec) in plain_specs(c).iter().enumerate() {
         let what = format!("{what} {b}x{c} spec {i}");
