@@ -39,8 +39,14 @@ struct Params {
     segments: u32,         // runs per row in the split kernels (else 1)
 }
 
+// The flags a pipeline is built for: a pipeline-overridable constant, set
+// to a call's flags on CPU-type adapters (GpuOptions::specialize_flags), so
+// that the compiler drops the code of every option the call does not use
+// (lavapipe runs both sides of a branch, masked); all ones elsewhere.
+override FLAG_MASK: u32 = 0xffffffffu;
+
 fn has(flag: u32) -> bool {
-    return (params.flags & flag) != 0u;
+    return (params.flags & (FLAG_MASK & flag)) != 0u;
 }
 
 fn is_neg_inf(x: f32) -> bool {

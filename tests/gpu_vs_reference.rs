@@ -498,3 +498,89 @@ fn lane_rows_match_reference() {
         }
     }
 }
+
+/// Kernels built for each call's options (`GpuOptions::specialize_flags`)
+/// give the same bits as kernels built for any options: the losses, the
+/// reduced sums, the gradient and the row lse, for every option on the
+/// narrow, lane-row, subgroup or wide and split-lane kernels.
+#[test]
+fn specialized_kernels_give_the_same_bits() {
+    let engine = |specialize| {
+        gpu_with(GpuOptions {
+            specialize_flags: Some(specialize),
+            ..Default::default()
+        })
+    };
+    let (Some(specialized), Some(any)) = (engine(true), engine(false)) else {
+        return;
+    };
+    let mut rng = Rng::new(17);
+    for (batch, classes) in [(301usize, 10usize), (67, 1000), (5, 8192), (40, 333)] {
+        let logits = rng.logits(batch * classes, 6.0);
+        let labels = rng.labels(batch, classes);
+        let ignored: Vec<i32> = labels
+            .iter()
+            .enumerate()
+            .map(|(n, &y)| if n % 4 == 3 { -100 } else { y })
+            .collect();
+        let dense = rng.distributions(batch, classes);
+        let probabilities = rng.distributions(batch, classes);
+        let weights = rng.sample_weights(batch);
+        let class_weights: Vec<f32> = (0..classes).map(|k| 0.5 + (k % 4) as f32 * 0.25).collect();
+        let with_labels = Batch::with_labels(&logits, classes, &labels);
+        let with_ignored = Batch::with_labels(&logits, classes, &ignored);
+        let cases = [
+            (CrossEntropy::new(), with_labels),
+            (
+                CrossEntropy::new().with_row_lse(true).with_softcap(20.0),
+                with_labels,
+            ),
+            (
+                CrossEntropy::new()
+                    .with_ignore_index(-100)
+                    .with_class_weights(class_weights)
+                    .with_z_loss(1e-3)
+                    .with_reduction(Reduction::SumByNonzeroWeights),
+                with_ignored.sample_weights(&weights),
+            ),
+            (
+                CrossEntropy::new()
+                    .with_ignore_index(-100)
+                    .with_label_smoothing(0.1)
+                    .with_gradient(true)
+                    .with_reduction(Reduction::Mean),
+                with_ignored,
+            ),
+            (
+                CrossEntropy::new().with_gradient(true),
+                Batch::with_dense(&logits, classes, &dense),
+            ),
+            (
+                CrossEntropy::new()
+                    .with_input(InputKind::Probabilities)
+                    .with_label_smoothing(0.05),
+                Batch::with_labels(&probabilities, classes, &labels).sample_weights(&weights),
+            ),
+        ];
+        for (i, (spec, input)) in cases.iter().enumerate() {
+            let what = format!("{batch}x{classes} case {i}");
+            let a = specialized.compute_blocking(spec, input).unwrap();
+            let b = any.compute_blocking(spec, input).unwrap();
+            let bits = |v: &[f32]| v.iter().map(|x| x.to_bits()).collect::<Vec<_>>();
+            assert_eq!(bits(&a.per_example), bits(&b.per_example), "{what}");
+            assert_eq!(a.loss.to_bits(), b.loss.to_bits(), "{what}");
+            assert_eq!(format!("{:?}", a.stats), format!("{:?}", b.stats), "{what}");
+            assert_eq!(
+                a.gradient.as_deref().map(bits),
+                b.gradient.as_deref().map(bits),
+                "{what}"
+            );
+            assert_eq!(
+                a.row_lse.as_deref().map(bits),
+                b.row_lse.as_deref().map(bits),
+                "{what}"
+            );
+            check(&specialized, spec, input, &what);
+        }
+    }
+}

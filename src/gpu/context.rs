@@ -109,6 +109,16 @@ pub struct GpuOptions {
     /// 1,024) where that is at least as many, and fewer leaves those rows to
     /// the workgroup runs above.
     pub row_segments: Option<u32>,
+    /// Whether each kernel is built for the options of the calls it runs
+    /// (the WGSL override constant `FLAG_MASK`), so that the code of every
+    /// option a call does not use is compiled out, or once for any options.
+    /// `None` (the default) specializes on CPU-type adapters: lavapipe runs
+    /// both sides of a branch, so a call without options paid for all of
+    /// them (at 65,536×10 the narrow kernel took 1.7× as long). Each new
+    /// combination of options then builds its pipelines on first use. The
+    /// same arithmetic runs either way. For tuning (`fused-loss bench
+    /// --specialize-flags`).
+    pub specialize_flags: Option<bool>,
 }
 
 /// Buffers kept between calls; each grows when a call needs more.
@@ -328,6 +338,8 @@ pub struct GpuContext {
     /// Plain f32 rows take the narrow kernel with vec4 loads (CPU-type
     /// adapters with vector loads; `ce::lane_rows_fit`).
     lane_rows: bool,
+    /// Pipelines are built for each call's flags ([`GpuOptions::specialize_flags`]).
+    specialize_flags: bool,
     uniform_stride: u64,
     buffers: AsyncMutex<Buffers>,
     uncaptured: Arc<Mutex<Option<String>>>,
@@ -481,6 +493,7 @@ impl GpuContext {
             .max(wide_workgroup);
         let vector_loads = pipelines.has_vec4() && options.vector_loads.unwrap_or(true);
         let lane_rows = vector_loads && cpu_adapter;
+        let specialize_flags = options.specialize_flags.unwrap_or(cpu_adapter);
         pipelines.build_up_front(
             &device,
             ce::Workgroups {
@@ -489,6 +502,7 @@ impl GpuContext {
                 wide: wide_workgroup,
             },
             lane_rows,
+            specialize_flags,
         );
         let timer = (options.timestamps
             && device.features().contains(wgpu::Features::TIMESTAMP_QUERY))
@@ -522,6 +536,7 @@ impl GpuContext {
             max_wide_workgroup,
             vector_loads,
             lane_rows,
+            specialize_flags,
             uniform_stride,
             buffers: AsyncMutex::new(Buffers::default(), false),
             uncaptured,
@@ -624,37 +639,28 @@ impl GpuContext {
         self.kernel_for_call(spec, classes, false, Storage::F32)
     }
 
-    /// Whether rows of a call take the narrow kernel with vec4 loads on a
-    /// CPU-type adapter ([`GpuContext::kernel_for_spec`]).
-    fn lane_rows_for(
+    /// How a call's rows take the narrow family with vec4 loads on a
+    /// CPU-type adapter with vector loads, forced to the narrow kernel or
+    /// left to choose: whole rows of up to [`ce::NARROW_VEC4_MAX_CLASSES`]
+    /// (`ce::lane_rows_fit`), or longer plain rows cut into runs
+    /// (`ce::lane_runs`); `None` where neither applies.
+    fn lanes_for(
         &self,
         spec: &CrossEntropy,
         classes: usize,
         dense: bool,
         logits: Storage,
-    ) -> bool {
-        self.lane_rows
-            && matches!(self.kernel, None | Some(KernelVariant::Narrow))
-            && ce::lane_rows_fit(spec, classes, dense, logits == Storage::F32)
-    }
-
-    /// The runs each row of a call is cut into for the split lanes on a
-    /// CPU-type adapter: plain vec4 rows too long for one invocation
-    /// (`ce::lane_runs`); `None` where they do not apply.
-    fn lane_runs_for(
-        &self,
-        spec: &CrossEntropy,
-        classes: usize,
-        dense: bool,
-        logits: Storage,
-    ) -> Option<u32> {
-        if !(self.lane_rows
-            && matches!(self.kernel, None | Some(KernelVariant::Narrow))
-            && ce::plain_vec4_rows(spec, classes, dense, logits == Storage::F32))
-        {
-            return None;
+    ) -> Option<Lanes> {
+        let f32_logits = logits == Storage::F32;
+        if !(self.lane_rows && matches!(self.kernel, None | Some(KernelVariant::Narrow))) {
+            None
+        } else if ce::lane_rows_fit(spec, classes, dense, f32_logits) {
+            Some(Lanes::Rows)
+        } else if ce::plain_vec4_rows(spec, classes, dense, f32_logits) {
+            ce::lane_runs(classes, self.row_segments).map(Lanes::Runs)
+        } else {
+            None
         }
-        ce::lane_runs(classes, self.row_segments)
     }
 
     /// [`GpuContext::kernel_for_spec`] for dense targets or not and logits
@@ -669,11 +675,14 @@ impl GpuContext {
         dense: bool,
         logits: Storage,
     ) -> KernelVariant {
-        if self.lane_rows_for(spec, classes, dense, logits)
-            || self.lane_runs_for(spec, classes, dense, logits).is_some()
-        {
+        if self.lanes_for(spec, classes, dense, logits).is_some() {
             return KernelVariant::Narrow;
         }
+        self.kernel_without_lanes(spec, classes)
+    }
+
+    /// [`GpuContext::kernel_for_call`] where no lanes apply.
+    fn kernel_without_lanes(&self, spec: &CrossEntropy, classes: usize) -> KernelVariant {
         let probabilities = spec.input == InputKind::Probabilities;
         let variant = self.variant(classes, if probabilities { 2 } else { 1 });
         if variant == KernelVariant::Subgroup
@@ -909,15 +918,20 @@ impl GpuContext {
         let (batch, classes) = (shape.batch, shape.classes);
         let probabilities = spec.input == InputKind::Probabilities;
         let logits = Storage::of(dtype, self.native_f16);
-        let variant = self.kernel_for_call(spec, classes, shape.dense, logits);
-        let lane_runs = self.lane_runs_for(spec, classes, shape.dense, logits);
+        let lanes = self.lanes_for(spec, classes, shape.dense, logits);
+        let lane_runs = match lanes {
+            Some(Lanes::Runs(runs)) => Some(runs),
+            _ => None,
+        };
+        let variant = match lanes {
+            Some(_) => KernelVariant::Narrow,
+            None => self.kernel_without_lanes(spec, classes),
+        };
         let vec4 = match variant {
             KernelVariant::Subgroup => {
                 self.vector_loads && logits == Storage::F32 && classes.is_multiple_of(4)
             }
-            KernelVariant::Narrow => {
-                lane_runs.is_some() || self.lane_rows_for(spec, classes, shape.dense, logits)
-            }
+            KernelVariant::Narrow => lanes.is_some(),
             KernelVariant::Wide => false,
         };
         let gradient = Storage::of(
@@ -951,38 +965,44 @@ impl GpuContext {
                 passes,
             ),
         };
-        // Split lanes are chunked as wide rows would be; the finishing
-        // pass regroups the chunks below.
-        let mut chunks = ce::plan(
-            if lane_runs.is_some() {
-                KernelVariant::Wide
-            } else {
-                variant
-            },
-            workgroups,
-            batch,
-            classes,
-            passes,
-            self.max_binding_bytes,
-            element_bytes as u64,
-            self.grouping,
-            row_multiple,
-        )?;
-        let splittable = !probabilities && !single_read && variant != KernelVariant::Narrow;
-        let segments = match (splittable, self.row_segments) {
-            _ if lane_runs.is_some() => lane_runs.unwrap_or(1),
-            (false, _) => 1,
-            (true, Some(s)) => s.clamp(1, classes.clamp(1, ce::MAX_SEGMENTS) as u32),
-            (true, None) => {
-                let target = match self.grouping {
-                    ce::Grouping::Groups(groups) => groups,
-                    ce::Grouping::Rows(_) => 1,
-                };
-                let rows = chunks.iter().map(|c| c.rows).max().unwrap_or(1);
-                ce::auto_segments(rows, classes, target)
-            }
+        let mut chunks = match lane_runs {
+            Some(_) => ce::plan_lane_runs(
+                batch,
+                classes,
+                self.max_binding_bytes,
+                element_bytes as u64,
+                row_multiple,
+            )?,
+            None => ce::plan(
+                variant,
+                workgroups,
+                batch,
+                classes,
+                passes,
+                self.max_binding_bytes,
+                element_bytes as u64,
+                self.grouping,
+                row_multiple,
+            )?,
         };
-        if segments > 1 {
+        let splittable = !probabilities && !single_read && variant != KernelVariant::Narrow;
+        let segments = match lane_runs {
+            Some(runs) => runs,
+            None => match (splittable, self.row_segments) {
+                (false, _) => 1,
+                (true, Some(s)) => s.clamp(1, classes.clamp(1, ce::MAX_SEGMENTS) as u32),
+                (true, None) => {
+                    let target = match self.grouping {
+                        ce::Grouping::Groups(groups) => groups,
+                        ce::Grouping::Rows(_) => 1,
+                    };
+                    let rows = chunks.iter().map(|c| c.rows).max().unwrap_or(1);
+                    ce::auto_segments(rows, classes, target)
+                }
+            },
+        };
+        // ce::plan_lane_runs groups its chunks itself.
+        if segments > 1 && lane_runs.is_none() {
             ce::group_for_split_finish(&mut chunks);
         }
         let total_groups: u32 = chunks.iter().map(|c| c.groups).sum();
@@ -1246,23 +1266,6 @@ impl GpuContext {
     ) -> wgpu::Buffer {
         let Call { spec, shape, .. } = *call;
         let classes = shape.classes;
-        let flag_if = |on: bool, flag: u32| if on { flag } else { 0 };
-        let flags = flag_if(shape.dense, ce::FLAG_DENSE)
-            | flag_if(
-                spec.input == InputKind::Probabilities,
-                ce::FLAG_PROBABILITIES,
-            )
-            | flag_if(spec.class_weights.is_some(), ce::FLAG_CLASS_WEIGHTS)
-            | flag_if(shape.sample_weights, ce::FLAG_SAMPLE_WEIGHTS)
-            | flag_if(
-                spec.ignore_index.is_some() && !shape.dense,
-                ce::FLAG_IGNORE_INDEX,
-            )
-            | flag_if(spec.label_smoothing > 0.0, ce::FLAG_SMOOTHING)
-            | flag_if(spec.softcap.is_some(), ce::FLAG_SOFTCAP)
-            | flag_if(spec.z_loss > 0.0, ce::FLAG_Z_LOSS)
-            | flag_if(call.row_stats(), ce::FLAG_ROW_STATS)
-            | flag_if(call.vec4, ce::FLAG_VEC4);
         let class_weight_sum = spec
             .class_weights
             .as_ref()
@@ -1277,7 +1280,7 @@ impl GpuContext {
             row_base: chunk.first_row as u32,
             rows_per_group: chunk.rows_per_group,
             group_base: chunk.group_base,
-            flags,
+            flags: call.flags(),
             ignore_index: spec.ignore_index.unwrap_or(0),
             label_smoothing: spec.label_smoothing,
             class_weight_sum: class_weight_sum as f32,
@@ -1300,10 +1303,6 @@ impl GpuContext {
             put(call.reduce_slot(i), bytemuck::bytes_of(params));
         }
         if let Some(target) = call.weights_partial {
-            let partition = match call.variant {
-                KernelVariant::Narrow => ce::FLAG_NARROW_PARTITION,
-                KernelVariant::Wide | KernelVariant::Subgroup => 0,
-            };
             // The same tree as the forward pass's, but its root lands at
             // `target` (a single group's partial is the root).
             let last = call.reduce_passes.len().checked_sub(1);
@@ -1312,7 +1311,7 @@ impl GpuContext {
                 if last.is_none() {
                     params.group_base += target;
                 }
-                params.flags |= partition;
+                params.flags = call.kernel_flags(Kernel::Weights);
                 put(call.weights_chunk_slot(i), bytemuck::bytes_of(&params));
             }
             for (i, params) in call.reduce_passes.iter().enumerate() {
@@ -1673,6 +1672,11 @@ impl GpuContext {
             logits: call.logits,
             gradient: call.gradient,
             row_cache: self.row_cache,
+            flags: if self.specialize_flags {
+                call.kernel_flags(kernel)
+            } else {
+                ce::ANY_FLAGS
+            },
         };
         let vec4 = call.vec4;
         // Subgroup calls never read once (plan_call hands those to the wide
@@ -2179,6 +2183,16 @@ struct Shape {
     sample_weights: bool,
 }
 
+/// How plain vec4 rows run on a CPU-type adapter (`GpuContext::lanes_for`).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Lanes {
+    /// A whole row per invocation (the narrow kernel's vec4 variant).
+    Rows,
+    /// Each row cut into this many runs, an invocation each (the split
+    /// lanes).
+    Runs(u32),
+}
+
 /// One call's options, shape and plan.
 struct Call<'a> {
     spec: &'a CrossEntropy,
@@ -2211,6 +2225,39 @@ struct Call<'a> {
 }
 
 impl Call<'_> {
+    /// The flags `kernel` runs with in this call: [`Call::flags`], and for
+    /// the weights pre-pass the narrow partition where the forward pass is
+    /// narrow.
+    fn kernel_flags(&self, kernel: Kernel) -> u32 {
+        if kernel == Kernel::Weights && self.variant == KernelVariant::Narrow {
+            self.flags() | ce::FLAG_NARROW_PARTITION
+        } else {
+            self.flags()
+        }
+    }
+
+    /// The call's options as the kernels' `Params::flags`.
+    fn flags(&self) -> u32 {
+        let (spec, shape) = (self.spec, self.shape);
+        let flag_if = |on: bool, flag: u32| if on { flag } else { 0 };
+        flag_if(shape.dense, ce::FLAG_DENSE)
+            | flag_if(
+                spec.input == InputKind::Probabilities,
+                ce::FLAG_PROBABILITIES,
+            )
+            | flag_if(spec.class_weights.is_some(), ce::FLAG_CLASS_WEIGHTS)
+            | flag_if(shape.sample_weights, ce::FLAG_SAMPLE_WEIGHTS)
+            | flag_if(
+                spec.ignore_index.is_some() && !shape.dense,
+                ce::FLAG_IGNORE_INDEX,
+            )
+            | flag_if(spec.label_smoothing > 0.0, ce::FLAG_SMOOTHING)
+            | flag_if(spec.softcap.is_some(), ce::FLAG_SOFTCAP)
+            | flag_if(spec.z_loss > 0.0, ce::FLAG_Z_LOSS)
+            | flag_if(self.row_stats(), ce::FLAG_ROW_STATS)
+            | flag_if(self.vec4, ce::FLAG_VEC4)
+    }
+
     /// Whether the rows are split into the narrow kernel's lane runs
     /// (`cross_entropy_split_lanes.wgsl`) rather than workgroup runs.
     fn lane_runs(&self) -> bool {

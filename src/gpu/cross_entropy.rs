@@ -276,6 +276,9 @@ pub(crate) const FLAG_Z_LOSS: u32 = 128;
 pub(crate) const FLAG_ROW_STATS: u32 = 256;
 pub(crate) const FLAG_VEC4: u32 = 512;
 pub(crate) const FLAG_NARROW_PARTITION: u32 = 1024;
+/// The `FLAG_MASK` of a pipeline built for any flags (the shader's
+/// default).
+pub(crate) const ANY_FLAGS: u32 = u32::MAX;
 
 /// Loop iterations one invocation may run. lavapipe silently stops a loop
 /// after 65,535 (DESIGN §5); this leaves a wide margin.
@@ -437,18 +440,13 @@ pub(crate) fn plan(
             max_classes,
         });
     }
-    let max_batch = (max_binding_bytes / 4).min(u32::MAX as u64 / 2) as usize;
-    if batch > max_batch {
-        return Err(Error::BatchTooLarge { batch, max_batch });
-    }
-    let row_bytes = classes as u64 * element_bytes;
-    let rows_per_chunk = (max_binding_bytes / row_bytes) as usize / row_multiple * row_multiple;
-    if rows_per_chunk == 0 {
-        return Err(Error::RowTooLarge {
-            classes,
-            max_classes: (max_binding_bytes / element_bytes / row_multiple as u64) as usize,
-        });
-    }
+    let rows_per_chunk = rows_per_chunk(
+        batch,
+        classes,
+        max_binding_bytes,
+        element_bytes,
+        row_multiple,
+    )?;
     // Rows one invocation walks per workgroup row.
     let lanes = rows_at_once(variant, sizes);
     let max_rows_per_group =
@@ -473,6 +471,62 @@ pub(crate) fn plan(
         first_row += rows;
         group_base += groups;
     }
+    Ok(chunks)
+}
+
+/// The rows of a chunk whose `[B, C]` arrays (`element_bytes` per element
+/// in the widest) fit `max_binding_bytes`, a multiple of `row_multiple`.
+fn rows_per_chunk(
+    batch: usize,
+    classes: usize,
+    max_binding_bytes: u64,
+    element_bytes: u64,
+    row_multiple: usize,
+) -> Result<usize> {
+    let max_batch = (max_binding_bytes / 4).min(u32::MAX as u64 / 2) as usize;
+    if batch > max_batch {
+        return Err(Error::BatchTooLarge { batch, max_batch });
+    }
+    let row_bytes = classes as u64 * element_bytes;
+    let rows = (max_binding_bytes / row_bytes) as usize / row_multiple * row_multiple;
+    if rows == 0 {
+        return Err(Error::RowTooLarge {
+            classes,
+            max_classes: (max_binding_bytes / element_bytes / row_multiple as u64) as usize,
+        });
+    }
+    Ok(rows)
+}
+
+/// [`plan`] for the split lanes (`cross_entropy_split_lanes.wgsl`): rows cut
+/// into chunks that fit the bindings, grouped for the finishing pass. The
+/// runs need no trip check: each is at most [`NARROW_VEC4_MAX_CLASSES`]
+/// classes ([`lane_runs`]), two vec4s a trip.
+pub(crate) fn plan_lane_runs(
+    batch: usize,
+    classes: usize,
+    max_binding_bytes: u64,
+    element_bytes: u64,
+    row_multiple: usize,
+) -> Result<Vec<Chunk>> {
+    let rows_per_chunk = rows_per_chunk(
+        batch,
+        classes,
+        max_binding_bytes,
+        element_bytes,
+        row_multiple,
+    )?;
+    let mut chunks: Vec<Chunk> = (0..batch)
+        .step_by(rows_per_chunk)
+        .map(|first_row| Chunk {
+            first_row,
+            rows: rows_per_chunk.min(batch - first_row),
+            rows_per_group: 0,
+            groups: 0,
+            group_base: 0,
+        })
+        .collect();
+    group_for_split_finish(&mut chunks);
     Ok(chunks)
 }
 
@@ -771,6 +825,26 @@ mod tests {
         .unwrap();
         assert!(chunks.iter().all(|c| c.first_row % 32 == 0));
         assert_eq!(chunks[0].rows, 224);
+    }
+
+    #[test]
+    fn lane_runs_are_chunked_by_binding_and_grouped_for_the_finish() {
+        // 262,144 classes: 1 MiB rows, 3 to a 3.5 MiB binding, in pairs.
+        let chunks = plan_lane_runs(9, 262_144, 7 << 19, 4, 2).unwrap();
+        let rows: Vec<usize> = chunks.iter().map(|c| c.rows).collect();
+        assert_eq!(rows, [2, 2, 2, 2, 1]);
+        let mut group_base = 0;
+        for (i, chunk) in chunks.iter().enumerate() {
+            assert_eq!(chunk.first_row, 2 * i);
+            assert_eq!(chunk.rows_per_group, NARROW_WORKGROUP_SIZE);
+            assert_eq!(chunk.groups, 1);
+            assert_eq!(chunk.group_base, group_base);
+            group_base += chunk.groups;
+        }
+        assert!(matches!(
+            plan_lane_runs(1, 262_144, 1 << 19, 4, 1),
+            Err(Error::RowTooLarge { .. })
+        ));
     }
 
     #[test]

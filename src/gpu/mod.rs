@@ -107,6 +107,9 @@ pub(crate) struct Variant {
     /// The override constant `WG` of the kernels that have one; 0 keeps
     /// the shader's default.
     pub workgroup: u32,
+    /// The override constant `FLAG_MASK`: the flags the pipeline is built
+    /// for, or [`ce::ANY_FLAGS`].
+    pub flags: u32,
 }
 
 impl Variant {
@@ -118,6 +121,7 @@ impl Variant {
             gradient: Storage::F32,
             row_cache: 0,
             workgroup: 0,
+            flags: ce::ANY_FLAGS,
         }
     }
 
@@ -127,6 +131,9 @@ impl Variant {
         let mut v = self;
         if matches!(v.kernel, Kernel::Reduce | Kernel::Weights) {
             v.logits = Storage::F32;
+        }
+        if v.kernel == Kernel::Reduce {
+            v.flags = ce::ANY_FLAGS;
         }
         if !v.kernel.writes_gradient() {
             v.gradient = Storage::F32;
@@ -159,6 +166,7 @@ pub(crate) fn shader_source(variant: Variant) -> String {
         gradient,
         row_cache,
         workgroup: _,
+        flags: _,
     } = variant;
     let mut parts: Vec<Cow<'static, str>> = Vec::new();
     let uses_gradient = kernel.writes_gradient();
@@ -559,6 +567,7 @@ mod tests {
                         gradient,
                         row_cache: 512,
                         workgroup: 0,
+                        flags: ce::ANY_FLAGS,
                     };
                     let name = format!("{variant:?}");
                     validate(&shader_source(variant), kernel, true)
@@ -603,6 +612,7 @@ mod tests {
                     gradient: storage,
                     row_cache: 512,
                     workgroup: 0,
+                    flags: ce::ANY_FLAGS,
                 });
                 validate(&source, kernel, false)
                     .unwrap_or_else(|e| panic!("{kernel:?} {storage:?}: {e}"));

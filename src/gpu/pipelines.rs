@@ -63,12 +63,14 @@ impl Pipelines {
 
     /// Builds the f32 pipelines every context needs, in the workgroup sizes
     /// the context runs them in (`sizes`); `lane_rows`: the narrow kernel's
-    /// vec4 variant too.
+    /// vec4 variant too; `specialize_flags`: built for the flags of a call
+    /// with no options (`GpuOptions::specialize_flags`).
     pub(crate) fn build_up_front(
         &self,
         device: &wgpu::Device,
         sizes: ce::Workgroups,
         lane_rows: bool,
+        specialize_flags: bool,
     ) {
         let mut kernels = vec![
             (Kernel::Wide, sizes.wide),
@@ -87,10 +89,19 @@ impl Pipelines {
             kernels.push((Kernel::NarrowVec4, sizes.narrow));
         }
         for (kernel, workgroup) in kernels {
+            let flags = match kernel {
+                _ if !specialize_flags => ce::ANY_FLAGS,
+                Kernel::SubgroupVec4 | Kernel::NarrowVec4 => ce::FLAG_VEC4,
+                // A gradient read twice takes each row's lse from the
+                // forward pass.
+                Kernel::Gradient | Kernel::GradientInPlace => ce::FLAG_ROW_STATS,
+                _ => 0,
+            };
             self.get(
                 device,
                 Variant {
                     workgroup,
+                    flags,
                     ..Variant::f32(kernel)
                 },
             );
@@ -148,6 +159,9 @@ impl Pipelines {
                 let mut constants = Vec::new();
                 if variant.workgroup != 0 {
                     constants.push(("WG", variant.workgroup as f64));
+                }
+                if variant.flags != ce::ANY_FLAGS {
+                    constants.push(("FLAG_MASK", f64::from(variant.flags)));
                 }
                 if matches!(variant.kernel, Kernel::Subgroup | Kernel::SubgroupVec4) {
                     constants.push(("SHARED_FINISH", f64::from(u8::from(self.shared_row_finish))));

@@ -32,14 +32,19 @@ pub fn gpu_variants() -> Vec<Engine> {
     // of 32 and shared row finishing and with vec4 loads in workgroups of
     // 256 and lane 0 finishing every row (the defaults, 128 each, and
     // finishing shared on CPU-type adapters only, run in `gpu()`).
+    // The wide kernel and the scalar subgroup kernel are built for any
+    // options, the narrow and vec4 subgroup kernels for each call's
+    // (the default is by adapter type).
     let wide = GpuOptions {
         kernel: Some(KernelVariant::Wide),
         wide_workgroup_size: Some(256),
+        specialize_flags: Some(false),
         ..Default::default()
     };
     let narrow = GpuOptions {
         kernel: Some(KernelVariant::Narrow),
         narrow_workgroup_size: Some(64),
+        specialize_flags: Some(true),
         ..Default::default()
     };
     let subgroup = |vector_loads, size, shared| GpuOptions {
@@ -47,6 +52,7 @@ pub fn gpu_variants() -> Vec<Engine> {
         vector_loads: Some(vector_loads),
         subgroup_workgroup_size: Some(size),
         shared_row_finish: Some(shared),
+        specialize_flags: Some(vector_loads),
         ..Default::default()
     };
     [

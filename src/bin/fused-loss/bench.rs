@@ -111,6 +111,10 @@ pub struct BenchArgs {
     /// default: on CPU-type adapters only)
     #[arg(long, value_name = "BOOL")]
     shared_row_finish: Option<bool>,
+    /// Build each kernel for the call's options, compiling out the others
+    /// (GPU; default: on CPU-type adapters only)
+    #[arg(long, value_name = "BOOL")]
+    specialize_flags: Option<bool>,
     /// Print one JSON object
     #[arg(long)]
     json: bool,
@@ -355,6 +359,7 @@ fn bench_gpu(args: &BenchArgs, spec: &CrossEntropy, batch: &Batch<'_>) -> Result
         single_read: args.single_read,
         gradient_in_place: args.gradient_in_place,
         shared_row_finish: args.shared_row_finish,
+        specialize_flags: args.specialize_flags,
         ..Default::default()
     };
     // End-to-end times come from a context without timestamp queries (as
