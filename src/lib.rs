@@ -73,7 +73,7 @@ pub use engine::{gpu_required, Engine, CALIBRATION_SHAPE, REQUIRE_GPU_ENV};
 pub use error::{Error, Result};
 pub use gpu::{
     DeviceBatch, DeviceOutputs, DeviceSlice, DeviceTargets, GpuContext, GpuOptions, GradientOutput,
-    KernelVariant, PendingLoss, ReducedLoss, Roofline,
+    KernelVariant, LoadPattern, PendingLoss, ReducedLoss, Roofline,
 };
 pub use output::{Backend, LossOutput, LossStats};
 pub use spec::{Batch, CrossEntropy, InputKind, Reduction, Targets, PROBABILITY_EPSILON};

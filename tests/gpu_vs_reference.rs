@@ -584,3 +584,20 @@ fn specialized_kernels_give_the_same_bits() {
         }
     }
 }
+
+/// The load-only kernel runs in both patterns, at sizes that leave a short
+/// last run or a partial workgroup, without misreading its ones.
+#[test]
+fn load_only_kernel_runs_in_both_patterns() {
+    let Some(engine) = gpu() else { return };
+    let context = engine.gpu_context().expect("a GPU engine");
+    let roofline = Roofline::new(context).unwrap();
+    for bytes in [16u64, 4_000, 1 << 20, 3 * (1 << 20) + 48] {
+        for pattern in [LoadPattern::Strided, LoadPattern::Runs] {
+            roofline
+                .load_with(bytes, pattern)
+                .unwrap_or_else(|e| panic!("{bytes} bytes, {pattern:?}: {e}"));
+        }
+    }
+    roofline.load(1 << 20).unwrap();
+}

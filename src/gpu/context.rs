@@ -617,6 +617,12 @@ impl GpuContext {
             .segments)
     }
 
+    /// Whether the adapter is a CPU-type one (lavapipe), which takes its
+    /// own defaults throughout.
+    pub fn is_cpu_adapter(&self) -> bool {
+        self.cpu_adapter
+    }
+
     /// Whether the device has subgroups, and so the subgroup kernel.
     pub fn has_subgroups(&self) -> bool {
         self.subgroups.is_some()

@@ -14,7 +14,7 @@ pub use context::{
 };
 pub use cross_entropy::KernelVariant;
 pub use diagnostics::GpuDiagnostics;
-pub use roofline::{Roofline, Timing};
+pub use roofline::{LoadPattern, Roofline, Timing};
 
 /// `shaders/partial.wgsl`: the partial and its compensated arithmetic,
 /// prepended to every kernel.

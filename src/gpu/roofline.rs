@@ -8,6 +8,7 @@ use std::time::{Duration, Instant};
 
 use bytemuck::{Pod, Zeroable};
 
+use super::cross_entropy as ce;
 use super::timer::Timer;
 use super::{compute_pipeline, map_read, GpuContext};
 use crate::error::{Error, Result};
@@ -26,8 +27,25 @@ pub(crate) const COPY_SHADER: &str = include_str!("../../shaders/roofline_copy.w
 struct Params {
     count: u32,
     threads: u32,
-    _pad: [u32; 2],
+    /// vec4s per invocation (load-only, [`LoadPattern::Runs`]); 0 strides.
+    run: u32,
+    _pad: u32,
 }
+
+/// How the load-only kernel's invocations walk the buffer.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum LoadPattern {
+    /// A grid stride: neighbouring invocations read neighbouring `vec4`s,
+    /// as GPUs like it.
+    Strided,
+    /// A contiguous run per invocation, four workgroups per hardware
+    /// thread: how the narrow kernel's rows and lane runs are read on
+    /// CPU-type adapters (lavapipe gathers each lane's loads on its own).
+    Runs,
+}
+
+/// Most loop trips one invocation runs (lavapipe stops a loop at 65,535).
+const MAX_RUN: u32 = 30_000;
 
 /// One timed run: device time of the pass (timestamp queries, where the
 /// context has them) and host wall time from submit to readback.
@@ -146,18 +164,33 @@ impl<'a> Roofline<'a> {
     }
 
     /// Reads `bytes` (rounded up to 16) once; each invocation checks the sum
-    /// of what it read (the source holds ones).
+    /// of what it read (the source holds ones). The pattern is the
+    /// adapter's: [`LoadPattern::Runs`] on a CPU-type adapter (on lavapipe
+    /// 1.8–2.3× the strided pattern's bandwidth, BENCHMARKS.md), else
+    /// [`LoadPattern::Strided`].
     pub fn load(&self, bytes: u64) -> Result<Timing> {
-        self.run(bytes, false)
+        let pattern = if self.context.is_cpu_adapter() {
+            LoadPattern::Runs
+        } else {
+            LoadPattern::Strided
+        };
+        self.load_with(bytes, pattern)
+    }
+
+    /// [`Roofline::load`] in a given pattern.
+    pub fn load_with(&self, bytes: u64, pattern: LoadPattern) -> Result<Timing> {
+        self.run(bytes, Some(pattern))
     }
 
     /// Copies `bytes` (rounded up to 16) from one buffer to another; the
     /// copy moves `2·bytes` through memory.
     pub fn copy(&self, bytes: u64) -> Result<Timing> {
-        self.run(bytes, true)
+        self.run(bytes, None)
     }
 
-    fn run(&self, bytes: u64, copy: bool) -> Result<Timing> {
+    /// A load-only run in `load`'s pattern, or a copy.
+    fn run(&self, bytes: u64, load: Option<LoadPattern>) -> Result<Timing> {
+        let copy = load.is_none();
         let bytes = bytes.max(16).next_multiple_of(16);
         if bytes > self.max_bytes() {
             return Err(Error::InvalidArgument(format!(
@@ -168,11 +201,21 @@ impl<'a> Roofline<'a> {
         let device = self.context.device();
         let queue = self.context.queue();
         let count = (bytes / 16) as u32;
-        let groups = count.div_ceil(WORKGROUP_SIZE).clamp(1, MAX_GROUPS);
+        let (groups, run) = match load {
+            Some(LoadPattern::Runs) => {
+                let threads = count
+                    .div_ceil(MAX_RUN)
+                    .max(ce::cpu_target_groups() as u32 * WORKGROUP_SIZE);
+                let groups = threads.div_ceil(WORKGROUP_SIZE).clamp(1, MAX_GROUPS);
+                (groups, count.div_ceil(groups * WORKGROUP_SIZE))
+            }
+            _ => (count.div_ceil(WORKGROUP_SIZE).clamp(1, MAX_GROUPS), 0),
+        };
         let params = Params {
             count,
             threads: groups * WORKGROUP_SIZE,
-            _pad: [0; 2],
+            run,
+            _pad: 0,
         };
         let mut buffers = self
             .buffers

@@ -7,8 +7,8 @@ use std::time::{Duration, Instant};
 use clap::{Args, ValueEnum};
 use fused_loss::cpu::reference;
 use fused_loss::{
-    Batch, CrossEntropy, Engine, Error, GpuContext, GpuOptions, KernelVariant, Reduction, Result,
-    Roofline,
+    Batch, CrossEntropy, Engine, Error, GpuContext, GpuOptions, KernelVariant, LoadPattern,
+    Reduction, Result, Roofline,
 };
 
 use super::print_stdout;
@@ -18,10 +18,20 @@ Throughput is model bytes per second: B*C*4 (x2 with --grad) + B*12, over \
 the median time. kernel_ms comes from timestamp queries around the compute \
 pass where the adapter has them (null otherwise); on the CPU it equals \
 end_to_end_ms. For the GPU the bench also times, on the same adapter: a \
-load-only kernel over the same logits bytes (roofline_gbps), a copy kernel \
+load-only kernel over the same logits bytes (roofline_gbps; a contiguous run \
+per invocation on CPU-type adapters, a grid stride elsewhere, or as \
+--load-pattern says), a copy kernel \
 (copy_gbps, bytes read + written), and a bare upload-submit-readback round \
 trip of the same sizes (round_trip_ms). On the CPU it measures the memory \
 read bandwidth of all threads (memory_read_gbps).";
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
+pub enum BenchLoadPattern {
+    /// A grid stride: neighbouring invocations read neighbouring vec4s
+    Strided,
+    /// A contiguous run of vec4s per invocation
+    Runs,
+}
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
 pub enum BenchBackend {
@@ -115,6 +125,10 @@ pub struct BenchArgs {
     /// (GPU; default: on CPU-type adapters only)
     #[arg(long, value_name = "BOOL")]
     specialize_flags: Option<bool>,
+    /// The load-only kernel's access pattern (GPU; default: runs on
+    /// CPU-type adapters, strided elsewhere)
+    #[arg(long, value_enum)]
+    load_pattern: Option<BenchLoadPattern>,
     /// Print one JSON object
     #[arg(long)]
     json: bool,
@@ -396,7 +410,12 @@ fn bench_gpu(args: &BenchArgs, spec: &CrossEntropy, batch: &Batch<'_>) -> Result
     // on an H200, load-only kernels that each followed a round trip of
     // 16-268 MB measured 1.1-1.45x slower than back to back.
     if fits {
-        let load_and_copy = || Ok((roofline.load(logit_bytes)?, roofline.copy(logit_bytes)?));
+        let load_only = |bytes| match args.load_pattern {
+            None => roofline.load(bytes),
+            Some(BenchLoadPattern::Strided) => roofline.load_with(bytes, LoadPattern::Strided),
+            Some(BenchLoadPattern::Runs) => roofline.load_with(bytes, LoadPattern::Runs),
+        };
+        let load_and_copy = || Ok((load_only(logit_bytes)?, roofline.copy(logit_bytes)?));
         warm_up(args, || load_and_copy().map(drop))?;
         for _ in 0..args.iters {
             let (l, c) = load_and_copy()?;
