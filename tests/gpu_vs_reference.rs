@@ -566,20 +566,7 @@ fn specialized_kernels_give_the_same_bits() {
             let what = format!("{batch}x{classes} case {i}");
             let a = specialized.compute_blocking(spec, input).unwrap();
             let b = any.compute_blocking(spec, input).unwrap();
-            let bits = |v: &[f32]| v.iter().map(|x| x.to_bits()).collect::<Vec<_>>();
-            assert_eq!(bits(&a.per_example), bits(&b.per_example), "{what}");
-            assert_eq!(a.loss.to_bits(), b.loss.to_bits(), "{what}");
-            assert_eq!(format!("{:?}", a.stats), format!("{:?}", b.stats), "{what}");
-            assert_eq!(
-                a.gradient.as_deref().map(bits),
-                b.gradient.as_deref().map(bits),
-                "{what}"
-            );
-            assert_eq!(
-                a.row_lse.as_deref().map(bits),
-                b.row_lse.as_deref().map(bits),
-                "{what}"
-            );
+            assert_same_bits(&a, &b, &what);
             check(&specialized, spec, input, &what);
         }
     }

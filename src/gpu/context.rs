@@ -114,7 +114,7 @@ pub struct GpuOptions {
     /// option a call does not use is compiled out, or once for any options.
     /// `None` (the default) specializes on CPU-type adapters: lavapipe runs
     /// both sides of a branch, so a call without options paid for all of
-    /// them (at 65,536×10 the narrow kernel took 1.7× as long). Each new
+    /// them (at 65,536×10 the narrow kernel took 2.6× as long). Each new
     /// combination of options then builds its pipelines on first use. The
     /// same arithmetic runs either way. For tuning (`fused-loss bench
     /// --specialize-flags`).

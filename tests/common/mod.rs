@@ -3,7 +3,8 @@
 
 use fused_loss::cpu::reference::{self, RowLoss};
 use fused_loss::{
-    Batch, CrossEntropy, Engine, Error, GpuOptions, KernelVariant, LogitElement, Reduction,
+    Batch, CrossEntropy, Engine, Error, GpuOptions, KernelVariant, LogitElement, LossOutput,
+    Reduction,
 };
 
 /// The GPU engine. With `FUSED_LOSS_REQUIRE_GPU=1` (as in CI) a missing
@@ -331,4 +332,38 @@ pub fn plain_specs(classes: usize) -> [CrossEntropy; 3] {
             .with_ignore_index(-100)
             .with_reduction(Reduction::SumByNonzeroWeights),
     ]
+}
+
+/// The bit patterns of `values`.
+pub fn f32_bits(values: &[f32]) -> Vec<u32> {
+    values.iter().map(|x| x.to_bits()).collect()
+}
+
+/// Two outputs hold the same bits: losses, gradient, row lse, stats (as
+/// printed: NaN sums compare equal there), loss, reduction and backend.
+pub fn assert_same_bits(got: &LossOutput, want: &LossOutput, what: &str) {
+    let bits = |v: &Vec<f32>| f32_bits(v);
+    assert_eq!(
+        f32_bits(&got.per_example),
+        f32_bits(&want.per_example),
+        "{what}: losses"
+    );
+    assert_eq!(
+        got.gradient.as_ref().map(bits),
+        want.gradient.as_ref().map(bits),
+        "{what}: gradient"
+    );
+    assert_eq!(
+        got.row_lse.as_ref().map(bits),
+        want.row_lse.as_ref().map(bits),
+        "{what}: row lse"
+    );
+    assert_eq!(
+        format!("{:?}", got.stats),
+        format!("{:?}", want.stats),
+        "{what}: stats"
+    );
+    assert_eq!(got.loss.to_bits(), want.loss.to_bits(), "{what}: loss");
+    assert_eq!(got.reduction, want.reduction, "{what}: reduction");
+    assert_eq!(got.backend, want.backend, "{what}: backend");
 }
