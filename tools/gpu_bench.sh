@@ -98,6 +98,15 @@ run_benches() {
         set -- $shape
         run --batch "$1" --classes "$2" --kernel subgroup --vector-loads false
     done
+    # Kernels built for each call's options (lavapipe's default) against
+    # kernels built once for any options (the default here); the gradient
+    # both ways.
+    for shape in "65536 10" "4096 1000" "16384 4096"; do
+        set -- $shape
+        run --batch "$1" --classes "$2" --specialize-flags true
+    done
+    run --batch 4096 --classes 1000 --grad
+    run --batch 4096 --classes 1000 --grad --specialize-flags true
 }
 
 for part in $parts; do
