@@ -3,9 +3,10 @@
 // it down. With `run` 0 the grid strides over the buffer (neighbouring
 // invocations read neighbouring vec4s: GPUs); else invocation t reads the
 // `run` vec4s from t·run on (a contiguous run each, as the narrow kernel's
-// rows and lane runs are read: CPU-type adapters). The source holds ones, so invocation t must sum to
-// 4 × (the vec4s it visited); any other sum flags the run as wrong. It reads
-// the bytes the loss kernels read, and nothing else.
+// rows and lane runs are read: CPU-type adapters). The source holds ones,
+// so invocation t must sum to 4 × (the vec4s it visited); any other sum
+// flags the run as wrong. It reads the bytes the loss kernels read, and
+// nothing else.
 // Host side: src/gpu/roofline.rs.
 
 // Keep in sync with gpu::roofline::WORKGROUP_SIZE.

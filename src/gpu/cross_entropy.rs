@@ -282,7 +282,7 @@ pub(crate) const ANY_FLAGS: u32 = u32::MAX;
 
 /// Loop iterations one invocation may run. lavapipe silently stops a loop
 /// after 65,535 (DESIGN §5); this leaves a wide margin.
-const TRIP_BUDGET: u64 = 30_000;
+pub(crate) const TRIP_BUDGET: u64 = 30_000;
 /// Aim for about this many workgroups per chunk on a GPU.
 pub(crate) const GPU_TARGET_GROUPS: usize = 4096;
 

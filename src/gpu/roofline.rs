@@ -44,9 +44,6 @@ pub enum LoadPattern {
     Runs,
 }
 
-/// Most loop trips one invocation runs (lavapipe stops a loop at 65,535).
-const MAX_RUN: u32 = 30_000;
-
 /// One timed run: device time of the pass (timestamp queries, where the
 /// context has them) and host wall time from submit to readback.
 #[derive(Clone, Copy, Debug)]
@@ -203,8 +200,10 @@ impl<'a> Roofline<'a> {
         let count = (bytes / 16) as u32;
         let (groups, run) = match load {
             Some(LoadPattern::Runs) => {
+                // Runs within the loss kernels' loop budget (lavapipe stops
+                // a loop at 65,535 trips).
                 let threads = count
-                    .div_ceil(MAX_RUN)
+                    .div_ceil(ce::TRIP_BUDGET as u32)
                     .max(ce::cpu_target_groups() as u32 * WORKGROUP_SIZE);
                 let groups = threads.div_ceil(WORKGROUP_SIZE).clamp(1, MAX_GROUPS);
                 (groups, count.div_ceil(groups * WORKGROUP_SIZE))
