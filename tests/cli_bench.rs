@@ -70,6 +70,7 @@ fn cpu_backends_report_kernel_equal_to_end_to_end() {
         assert_eq!(v["kernel_ms"], v["end_to_end_ms"]);
         positive(&v, "memory_read_gbps");
         assert!(v.get("roofline_gbps").is_none());
+        assert!(v.get("exp_floor_gbps").is_none());
     }
 }
 
@@ -97,6 +98,7 @@ fn gpu_bench_reports_the_roofline_and_the_round_trip() {
         positive(&v, "end_to_end_ms");
         positive(&v, "end_to_end_gbps");
         positive(&v, "roofline_gbps");
+        positive(&v, "exp_floor_gbps");
         positive(&v, "copy_gbps");
         positive(&v, "round_trip_ms");
         positive(&v, "overhead_ratio");
@@ -111,6 +113,9 @@ fn gpu_bench_reports_the_roofline_and_the_round_trip() {
             let kernel_gbps = positive(&v, "kernel_gbps");
             let implied = model_bytes as f64 / (kernel_ms * 1e-3) / 1e9;
             assert!((kernel_gbps / implied - 1.0).abs() < 1e-6, "{v}");
+            let floor = positive(&v, "exp_floor_gbps");
+            let over_floor = positive(&v, "kernel_over_exp_floor");
+            assert!((over_floor * floor / kernel_gbps - 1.0).abs() < 1e-9, "{v}");
         }
     }
 }

@@ -572,8 +572,9 @@ fn specialized_kernels_give_the_same_bits() {
     }
 }
 
-/// The load-only kernel runs in both patterns, at sizes that leave a short
-/// last run or a partial workgroup, without misreading its ones.
+/// The load-only and exp-floor kernels run in both patterns, at sizes that
+/// leave a short last run or a partial workgroup, without misreading their
+/// ones.
 #[test]
 fn load_only_kernel_runs_in_both_patterns() {
     let Some(engine) = gpu() else { return };
@@ -584,7 +585,11 @@ fn load_only_kernel_runs_in_both_patterns() {
             roofline
                 .load_with(bytes, pattern)
                 .unwrap_or_else(|e| panic!("{bytes} bytes, {pattern:?}: {e}"));
+            roofline
+                .exp_floor_with(bytes, pattern)
+                .unwrap_or_else(|e| panic!("exp floor, {bytes} bytes, {pattern:?}: {e}"));
         }
     }
     roofline.load(1 << 20).unwrap();
+    roofline.exp_floor(1 << 20).unwrap();
 }

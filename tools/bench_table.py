@@ -25,7 +25,7 @@ def main():
         backend = run["backend"]
         adapters[backend] = run.get("adapter", "")
         for key in ("kernel_gbps", "end_to_end_gbps", "roofline_gbps",
-                    "memory_read_gbps", "end_to_end_ms", "kernel_ms",
+                    "exp_floor_gbps", "memory_read_gbps", "end_to_end_ms", "kernel_ms",
                     "round_trip_ms"):
             if key in run:
                 values[(shape, backend, key)].append(run[key])
@@ -48,14 +48,16 @@ def main():
     print()
     print("| shape (B×C) | reference GB/s | fast CPU GB/s | XLA GB/s | fast CPU / XLA "
           "| fast CPU / memory read | memory read GB/s | GPU kernel | GPU kernel GB/s "
-          "| GPU end to end GB/s | load-only GB/s | GPU kernel / load-only |")
-    print("|" + "---|" * 12)
+          "| GPU end to end GB/s | load-only GB/s | GPU kernel / load-only "
+          "| load + exp GB/s | GPU kernel / load + exp |")
+    print("|" + "---|" * 14)
     for shape in shapes:
         cpu = med(shape, "cpu", "end_to_end_gbps")
         xla = med(shape, "xla", "end_to_end_gbps")
         memory = med(shape, "cpu", "memory_read_gbps")
         kernel = med(shape, "gpu", "kernel_gbps")
         roofline = med(shape, "gpu", "roofline_gbps")
+        exp_floor = med(shape, "gpu", "exp_floor_gbps")
         row = [
             f"{shape[0]:,}×{shape[1]:,}",
             fmt(med(shape, "reference", "end_to_end_gbps"), 3),
@@ -69,6 +71,8 @@ def main():
             fmt(med(shape, "gpu", "end_to_end_gbps"), 3),
             fmt(roofline, 3),
             fmt(ratio(kernel, roofline)),
+            fmt(exp_floor, 3),
+            fmt(ratio(kernel, exp_floor)),
         ]
         print("| " + " | ".join(row) + " |")
     small = [s for s in shapes if values.get((s, "gpu", "round_trip_ms"))]

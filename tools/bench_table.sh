@@ -1,11 +1,12 @@
 #!/usr/bin/env bash
 # The BENCHMARKS.md summary table in one run: for each shape, the f64
 # reference, the fast CPU path, the GPU (kernel time by timestamps, end to
-# end, and the load-only roofline) on the default adapter, and JAX/XLA's CPU
-# backend when `import jax` works, ROUNDS times (default 5), the backends
-# alternating shape by shape. The memory read bandwidth comes from the CPU
-# runs (`memory_read_gbps`). Prints one JSON object per run; pipe them to
-# tools/bench_table.py for the medians as a markdown table.
+# end, the load-only roofline and the load + exp floor) on the default
+# adapter, and JAX/XLA's CPU backend when `import jax` works, ROUNDS times
+# (default 5), the backends alternating shape by shape. The memory read
+# bandwidth comes from the CPU runs (`memory_read_gbps`). Prints one JSON
+# object per run; pipe them to tools/bench_table.py for the medians as a
+# markdown table.
 #
 #   cargo build --release
 #   tools/bench_table.sh > table.jsonl && python3 tools/bench_table.py < table.jsonl

@@ -1,7 +1,8 @@
 //! Host side of `shaders/roofline_load.wgsl` and `shaders/roofline_copy.wgsl`:
 //! the memory limits the loss kernels are measured against on the same
-//! adapter (load-only and copy bandwidth), and a bare submit-and-readback
-//! round trip for host overhead.
+//! adapter (load-only and copy bandwidth), the same loads with one `exp`
+//! per value (the least work of any log-sum-exp kernel), and a bare
+//! submit-and-readback round trip for host overhead.
 
 use std::sync::Mutex;
 use std::time::{Duration, Instant};
@@ -10,7 +11,7 @@ use bytemuck::{Pod, Zeroable};
 
 use super::cross_entropy as ce;
 use super::timer::Timer;
-use super::{compute_pipeline, map_read, GpuContext};
+use super::{compute_pipeline, compute_pipeline_with, map_read, GpuContext};
 use crate::error::{Error, Result};
 
 /// Threads per workgroup; keep in sync with `WG` in both shaders.
@@ -68,6 +69,7 @@ pub struct Roofline<'a> {
     context: &'a GpuContext,
     layout: wgpu::BindGroupLayout,
     load: wgpu::ComputePipeline,
+    exp_floor: wgpu::ComputePipeline,
     copy: wgpu::ComputePipeline,
     uniforms: wgpu::Buffer,
     timer: Option<Timer>,
@@ -110,7 +112,7 @@ fn buffer(
 }
 
 impl<'a> Roofline<'a> {
-    /// Builds the two pipelines on `context`'s device.
+    /// Builds the three pipelines on `context`'s device.
     pub fn new(context: &'a GpuContext) -> Result<Self> {
         let device = context.device();
         let scope = device.push_error_scope(wgpu::ErrorFilter::Validation);
@@ -132,6 +134,13 @@ impl<'a> Roofline<'a> {
             ],
         });
         let load = compute_pipeline(device, "roofline_load", LOAD_SHADER.into(), &layout);
+        let exp_floor = compute_pipeline_with(
+            device,
+            "roofline_exp_floor",
+            LOAD_SHADER.into(),
+            &layout,
+            &[("EXP", 1.0)],
+        );
         let copy = compute_pipeline(device, "roofline_copy", COPY_SHADER.into(), &layout);
         let uniforms = device.create_buffer(&wgpu::BufferDescriptor {
             label: Some("roofline_params"),
@@ -146,6 +155,7 @@ impl<'a> Roofline<'a> {
             context,
             layout,
             load,
+            exp_floor,
             copy,
             uniforms,
             timer: context
@@ -166,17 +176,27 @@ impl<'a> Roofline<'a> {
     /// 1.8–2.3× the strided pattern's bandwidth, BENCHMARKS.md), else
     /// [`LoadPattern::Strided`].
     pub fn load(&self, bytes: u64) -> Result<Timing> {
-        let pattern = if self.context.is_cpu_adapter() {
-            LoadPattern::Runs
-        } else {
-            LoadPattern::Strided
-        };
-        self.load_with(bytes, pattern)
+        self.load_with(bytes, self.adapter_pattern())
     }
 
     /// [`Roofline::load`] in a given pattern.
     pub fn load_with(&self, bytes: u64, pattern: LoadPattern) -> Result<Timing> {
-        self.run(bytes, Some(pattern))
+        self.run(bytes, Some((pattern, false)))
+    }
+
+    /// [`Roofline::load`] with one `exp` per value: the least any
+    /// log-sum-exp kernel does per class, so the most its bandwidth can be
+    /// where the `exp` is not free. On lavapipe it reads at about 0.8 of the
+    /// load-only bandwidth (BENCHMARKS.md: 0.77–0.87 at C ≥ 1,000 on an
+    /// Intel 2-core machine). On a GPU, where an `exp` is cheap next to a
+    /// load, the two should be close; that is not measured yet.
+    pub fn exp_floor(&self, bytes: u64) -> Result<Timing> {
+        self.exp_floor_with(bytes, self.adapter_pattern())
+    }
+
+    /// [`Roofline::exp_floor`] in a given pattern.
+    pub fn exp_floor_with(&self, bytes: u64, pattern: LoadPattern) -> Result<Timing> {
+        self.run(bytes, Some((pattern, true)))
     }
 
     /// Copies `bytes` (rounded up to 16) from one buffer to another; the
@@ -185,8 +205,16 @@ impl<'a> Roofline<'a> {
         self.run(bytes, None)
     }
 
-    /// A load-only run in `load`'s pattern, or a copy.
-    fn run(&self, bytes: u64, load: Option<LoadPattern>) -> Result<Timing> {
+    fn adapter_pattern(&self) -> LoadPattern {
+        if self.context.is_cpu_adapter() {
+            LoadPattern::Runs
+        } else {
+            LoadPattern::Strided
+        }
+    }
+
+    /// A load run (in a pattern, with or without the exp), or a copy.
+    fn run(&self, bytes: u64, load: Option<(LoadPattern, bool)>) -> Result<Timing> {
         let copy = load.is_none();
         let bytes = bytes.max(16).next_multiple_of(16);
         if bytes > self.max_bytes() {
@@ -199,7 +227,7 @@ impl<'a> Roofline<'a> {
         let queue = self.context.queue();
         let count = (bytes / 16) as u32;
         let (groups, run) = match load {
-            Some(LoadPattern::Runs) => {
+            Some((LoadPattern::Runs, _)) => {
                 // Runs within the loss kernels' loop budget (lavapipe stops
                 // a loop at 65,535 trips).
                 let threads = count
@@ -300,7 +328,11 @@ impl<'a> Roofline<'a> {
                 label: Some("roofline"),
                 timestamp_writes: self.timer.as_ref().map(Timer::writes),
             });
-            pass.set_pipeline(if copy { &self.copy } else { &self.load });
+            pass.set_pipeline(match load {
+                None => &self.copy,
+                Some((_, false)) => &self.load,
+                Some((_, true)) => &self.exp_floor,
+            });
             pass.set_bind_group(0, &bind_group, &[]);
             pass.dispatch_workgroups(groups, 1, 1);
         }
@@ -322,8 +354,13 @@ impl<'a> Roofline<'a> {
         }))?;
         let wall = start.elapsed();
         if wrong {
+            let kernel = if load.is_some_and(|(_, exp)| exp) {
+                "exp-floor"
+            } else {
+                "load-only"
+            };
             return Err(Error::Gpu(format!(
-                "the load-only kernel misread {bytes} bytes of ones"
+                "the {kernel} kernel misread {bytes} bytes of ones"
             )));
         }
         Ok(Timing {

@@ -20,7 +20,8 @@ pass where the adapter has them (null otherwise); on the CPU it equals \
 end_to_end_ms. For the GPU the bench also times, on the same adapter: a \
 load-only kernel over the same logits bytes (roofline_gbps; a contiguous run \
 per invocation on CPU-type adapters, a grid stride elsewhere, or as \
---load-pattern says), a copy kernel \
+--load-pattern says), the same loads with one exp per value (exp_floor_gbps: \
+the least work of any log-sum-exp kernel), a copy kernel \
 (copy_gbps, bytes read + written), and a bare upload-submit-readback round \
 trip of the same sizes (round_trip_ms). On the CPU it measures the memory \
 read bandwidth of all threads (memory_read_gbps).";
@@ -201,6 +202,7 @@ struct Report {
     kernel: Option<Duration>,
     end_to_end: Duration,
     roofline: Option<Duration>,
+    exp_floor: Option<Duration>,
     copy: Option<Duration>,
     round_trip: Option<Duration>,
     memory_read_gbps: Option<f64>,
@@ -268,6 +270,10 @@ pub fn bench(args: &BenchArgs) -> Result<()> {
             object.insert("overhead_ratio".into(), ratio.into());
             let fraction = kernel_gbps.zip(roofline).map(|(k, r)| k / r);
             object.insert("kernel_over_roofline".into(), fraction.into());
+            let exp_floor = report.exp_floor.map(|t| gbps(logit_bytes, t));
+            object.insert("exp_floor_gbps".into(), exp_floor.into());
+            let fraction = kernel_gbps.zip(exp_floor).map(|(k, r)| k / r);
+            object.insert("kernel_over_exp_floor".into(), fraction.into());
             object.insert("kernel".into(), report.kernel_name.clone().into());
         } else {
             object.insert("memory_read_gbps".into(), report.memory_read_gbps.into());
@@ -297,6 +303,7 @@ pub fn bench(args: &BenchArgs) -> Result<()> {
     if args.backend == BenchBackend::Gpu {
         let roofline_time = report.roofline;
         text += &line("load-only", roofline_time, logit_bytes);
+        text += &line("load + exp", report.exp_floor, logit_bytes);
         text += &line("copy (r+w)", report.copy, 2 * logit_bytes);
         if let Some(r) = report.round_trip {
             text += &format!(
@@ -350,6 +357,7 @@ fn cpu_report(backend: &'static str, adapter: String, time: Vec<Duration>, iters
         kernel: Some(end_to_end),
         end_to_end,
         roofline: None,
+        exp_floor: None,
         copy: None,
         round_trip: None,
         memory_read_gbps: Some(memory_read_gbps(iters.min(7))),
@@ -402,6 +410,7 @@ fn bench_gpu(args: &BenchArgs, spec: &CrossEntropy, batch: &Batch<'_>) -> Result
     let logit_bytes = (batch.logits.len() * 4) as u64;
     let fits = logit_bytes <= roofline.max_bytes();
     let mut load = Vec::new();
+    let mut exp_floor = Vec::new();
     let mut copy = Vec::new();
     let upload: Vec<u8> = bytemuck_bytes(batch);
     // The losses and one 56-byte partial.
@@ -410,17 +419,30 @@ fn bench_gpu(args: &BenchArgs, spec: &CrossEntropy, batch: &Batch<'_>) -> Result
     // on an H200, load-only kernels that each followed a round trip of
     // 16-268 MB measured 1.1-1.45x slower than back to back.
     if fits {
-        let load_only = |bytes| match args.load_pattern {
-            None => roofline.load(bytes),
-            Some(BenchLoadPattern::Strided) => roofline.load_with(bytes, LoadPattern::Strided),
-            Some(BenchLoadPattern::Runs) => roofline.load_with(bytes, LoadPattern::Runs),
+        let pattern = args.load_pattern.map(|p| match p {
+            BenchLoadPattern::Strided => LoadPattern::Strided,
+            BenchLoadPattern::Runs => LoadPattern::Runs,
+        });
+        let bandwidths = || {
+            let (l, e) = match pattern {
+                None => (
+                    roofline.load(logit_bytes)?,
+                    roofline.exp_floor(logit_bytes)?,
+                ),
+                Some(p) => (
+                    roofline.load_with(logit_bytes, p)?,
+                    roofline.exp_floor_with(logit_bytes, p)?,
+                ),
+            };
+            Ok((l, e, roofline.copy(logit_bytes)?))
         };
-        let load_and_copy = || Ok((load_only(logit_bytes)?, roofline.copy(logit_bytes)?));
-        warm_up(args, || load_and_copy().map(drop))?;
+        warm_up(args, || bandwidths().map(drop))?;
+        let time = |t: fused_loss::gpu::Timing| t.kernel.unwrap_or(t.wall);
         for _ in 0..args.iters {
-            let (l, c) = load_and_copy()?;
-            load.push(l.kernel.unwrap_or(l.wall));
-            copy.push(c.kernel.unwrap_or(c.wall));
+            let (l, e, c) = bandwidths()?;
+            load.push(time(l));
+            exp_floor.push(time(e));
+            copy.push(time(c));
         }
     }
     let trip = measure_calls(args, || roofline.round_trip(&upload, readback))?;
@@ -434,6 +456,7 @@ fn bench_gpu(args: &BenchArgs, spec: &CrossEntropy, batch: &Batch<'_>) -> Result
         kernel: some_median(kernel),
         end_to_end: median(end_to_end),
         roofline: some_median(load),
+        exp_floor: some_median(exp_floor),
         copy: some_median(copy),
         round_trip: some_median(trip),
         memory_read_gbps: None,
