@@ -5,7 +5,7 @@
 // a logits_*.wgsl library, cross_entropy_forward.wgsl, logits_vec4_binding.wgsl
 // or logits_vec4_scalar.wgsl, and cross_entropy_plain.wgsl. With FLAG_VEC4
 // (CPU-type adapters: f32 rows of a multiple of 4 classes, no class sums)
-// a row is read as vec4s, eight classes a trip.
+// a row is read as vec4s, sixteen classes a trip.
 // Host side: src/gpu/cross_entropy.rs.
 
 // The workgroup size: a pipeline-overridable constant, set from

@@ -254,10 +254,12 @@ fn extreme_logits_match_reference() {
 
 #[test]
 fn non_finite_rows_propagate_and_are_counted() {
-    // 4 and 12 classes take the vec4 loads of the subgroup kernel.
+    // 4 and 12 classes take the vec4 loads of the subgroup kernel; on a
+    // CPU-type adapter 36 classes take the lane rows' sixteen-a-trip loop
+    // and 2,052 classes the lane runs.
     for (engine, classes) in gpu_variants().into_iter().flat_map(|e| {
         let e = std::rc::Rc::new(e);
-        [3usize, 4, 12].map(|c| (std::rc::Rc::clone(&e), c))
+        [3usize, 4, 12, 36, 2052].map(|c| (std::rc::Rc::clone(&e), c))
     }) {
         let nan = f32::NAN;
         let inf = f32::INFINITY;
@@ -269,8 +271,10 @@ fn non_finite_rows_propagate_and_are_counted() {
             ([ninf, ninf, ninf], ninf),
             ([nan, nan, nan], nan),  // ignored: counts as 0
             ([ninf, 1.0, 2.0], 0.5), // label on a masked class: +inf
+            ([-nan, 1.0, 2.0], 0.5), // a NaN with its sign bit set
+            ([0.0, 1.0, 2.0], 0.5),  // +inf in the last class, below
         ];
-        let logits: Vec<f32> = rows
+        let mut logits: Vec<f32> = rows
             .iter()
             .flat_map(|(head, fill)| {
                 head.iter()
@@ -278,19 +282,22 @@ fn non_finite_rows_propagate_and_are_counted() {
                     .chain(std::iter::repeat_n(*fill, classes - 3))
             })
             .collect();
-        let labels = vec![0, 1, 1, 0, -1, 0];
+        logits[8 * classes - 1] = inf;
+        assert!((-nan).is_sign_negative());
+        let labels = vec![0, 1, 1, 0, -1, 0, 1, 0];
         let spec = CrossEntropy::new()
             .with_ignore_index(-1)
             .with_reduction(Reduction::Mean);
         let batch = Batch::with_labels(&logits, classes, &labels);
         check(&engine, &spec, &batch, "non-finite");
         let out = engine.compute_blocking(&spec, &batch).unwrap();
-        assert_eq!(out.stats.nonfinite_rows, 4);
-        assert!(
-            out.per_example[1].is_nan()
-                && out.per_example[2].is_nan()
-                && out.per_example[3].is_nan()
-        );
+        assert_eq!(out.stats.nonfinite_rows, 6, "{classes} classes");
+        for row in [1, 2, 3, 6, 7] {
+            assert!(
+                out.per_example[row].is_nan(),
+                "{classes} classes, row {row}"
+            );
+        }
         assert_eq!(out.per_example[4], 0.0);
         assert_eq!(out.per_example[5], f32::INFINITY);
         assert!(out.loss.is_nan());

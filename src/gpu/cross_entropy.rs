@@ -31,8 +31,9 @@ pub(crate) const NARROW_DEFAULT_MAX_CLASSES: usize = 64;
 pub(crate) const NARROW_MAX_CLASSES: usize = 256;
 
 /// The most classes a row may have in the narrow kernel's vec4 variant
-/// (CPU-type adapters, [`lane_rows_fit`]): eight classes a trip, so its
-/// sums are as long as the scalar narrow kernel's at [`NARROW_MAX_CLASSES`].
+/// (CPU-type adapters, [`lane_rows_fit`]): sixteen classes a trip (four
+/// for the last few), so its running sum takes at most 131 additions, fewer
+/// than the scalar narrow kernel's 256 at [`NARROW_MAX_CLASSES`].
 pub(crate) const NARROW_VEC4_MAX_CLASSES: usize = 8 * NARROW_MAX_CLASSES;
 
 /// Whether a call's rows are plain vec4 rows, which the narrow kernel's
