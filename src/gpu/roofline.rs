@@ -187,7 +187,7 @@ impl<'a> Roofline<'a> {
     /// [`Roofline::load`] with one `exp` per value: the least any
     /// log-sum-exp kernel does per class, so the most its bandwidth can be
     /// where the `exp` is not free. On lavapipe it reads at about 0.8 of the
-    /// load-only bandwidth (BENCHMARKS.md: 0.77–0.87 at C ≥ 1,000 on an
+    /// load-only bandwidth (BENCHMARKS.md: 0.75–0.87 at C ≥ 1,000 on an
     /// Intel 2-core machine). On a GPU, where an `exp` is cheap next to a
     /// load, the two should be close; that is not measured yet.
     pub fn exp_floor(&self, bytes: u64) -> Result<Timing> {
