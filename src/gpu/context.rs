@@ -706,7 +706,9 @@ impl GpuContext {
     /// The kernel for rows of `classes` with `passes` passes over each row.
     fn variant(&self, classes: usize, passes: u64) -> KernelVariant {
         self.kernel
-            .unwrap_or_else(|| KernelVariant::for_classes(classes, self.subgroups))
+            .unwrap_or_else(|| {
+                KernelVariant::for_classes(classes, self.subgroups, self.is_cpu_adapter())
+            })
             .effective(classes, passes, self.subgroups)
     }
 

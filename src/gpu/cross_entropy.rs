@@ -25,6 +25,11 @@ pub(crate) const MIN_WORKGROUP_SIZE: u32 = 32;
 pub(crate) const SUBGROUP_WORKGROUP_SIZE: u32 = 128;
 /// Rows of at most this many classes go to the narrow kernel by default.
 pub(crate) const NARROW_DEFAULT_MAX_CLASSES: usize = 64;
+/// The same on CPU-type adapters: every row the narrow kernel takes. On
+/// lavapipe its kernel time for rows of 66–250 classes (not a multiple of
+/// 4) was 1.04–1.7× shorter than the subgroup kernel's, and with a
+/// gradient 1.5–4× shorter than the wide kernel's (BENCHMARKS.md).
+pub(crate) const CPU_NARROW_DEFAULT_MAX_CLASSES: usize = NARROW_MAX_CLASSES;
 /// The narrow kernel sums a row sequentially in one invocation; past this
 /// many classes its f32 sums lose the core's accuracy, so wider rows always
 /// use the wide kernel.
@@ -229,9 +234,18 @@ pub enum KernelVariant {
 
 impl KernelVariant {
     /// The default choice for `classes` on an adapter with or without
-    /// subgroups.
-    pub(crate) fn for_classes(classes: usize, subgroups: Option<SubgroupSizes>) -> KernelVariant {
-        if classes <= NARROW_DEFAULT_MAX_CLASSES {
+    /// subgroups, CPU-type or not.
+    pub(crate) fn for_classes(
+        classes: usize,
+        subgroups: Option<SubgroupSizes>,
+        cpu_adapter: bool,
+    ) -> KernelVariant {
+        let narrow_max = if cpu_adapter {
+            CPU_NARROW_DEFAULT_MAX_CLASSES
+        } else {
+            NARROW_DEFAULT_MAX_CLASSES
+        };
+        if classes <= narrow_max {
             KernelVariant::Narrow
         } else if subgroups.is_some() {
             KernelVariant::Subgroup
