@@ -165,6 +165,28 @@ fn text_output_names_the_figures() {
 }
 
 #[test]
+fn label_smoothing_is_taken_and_reported() {
+    for backend in ["cpu", "gpu"] {
+        let args = [
+            "--backend",
+            backend,
+            "--batch",
+            "64",
+            "--classes",
+            "130",
+            "--iters",
+            "2",
+            "--label-smoothing",
+            "0.1",
+            "--json",
+        ];
+        let Some(v) = json(&args) else { return };
+        assert_eq!(v["label_smoothing"].as_f64(), Some(0.1f32 as f64), "{v}");
+        positive(&v, "end_to_end_gbps");
+    }
+}
+
+#[test]
 fn bad_arguments_exit_2_with_one_error_line() {
     for args in [
         vec!["--batch", "0", "--classes", "10"],
@@ -174,6 +196,24 @@ fn bad_arguments_exit_2_with_one_error_line() {
         vec!["--batch", "4000000000", "--classes", "10"],
         vec!["--batch", "100000", "--classes", "100000"],
         vec!["--batch", "10", "--classes", "10", "--rows-per-group", "0"],
+        vec![
+            "--batch",
+            "10",
+            "--classes",
+            "10",
+            "--label-smoothing",
+            "1.5",
+        ],
+        vec![
+            "--batch",
+            "10",
+            "--classes",
+            "10",
+            "--backend",
+            "cpu",
+            "--label-smoothing",
+            "-0.1",
+        ],
     ] {
         let (code, stdout, stderr) = bench(&args);
         assert_eq!(code, Some(2), "{args:?}: {stderr}");

@@ -27,8 +27,9 @@ pub(crate) const SUBGROUP_WORKGROUP_SIZE: u32 = 128;
 pub(crate) const NARROW_DEFAULT_MAX_CLASSES: usize = 64;
 /// The same on CPU-type adapters: every row the narrow kernel takes. On
 /// lavapipe its kernel time for rows of 66–250 classes (not a multiple of
-/// 4) was 1.04–1.7× shorter than the subgroup kernel's, and with a
-/// gradient 1.5–4× shorter than the wide kernel's (BENCHMARKS.md).
+/// 4) was 1.04–1.7× shorter than the subgroup kernel's (1.3–2× with label
+/// smoothing), and with a gradient 1.5–4× shorter than the wide kernel's
+/// (BENCHMARKS.md).
 pub(crate) const CPU_NARROW_DEFAULT_MAX_CLASSES: usize = NARROW_MAX_CLASSES;
 /// The narrow kernel sums a row sequentially in one invocation; past this
 /// many classes its f32 sums lose the core's accuracy, so wider rows always

@@ -69,6 +69,9 @@ pub struct BenchArgs {
     /// Also compute the gradient (mean reduction)
     #[arg(long)]
     grad: bool,
+    /// Label smoothing epsilon in [0, 1] (0: none); a call with class sums
+    #[arg(long, value_name = "EPS", default_value_t = 0.0)]
+    label_smoothing: f32,
     /// Timed iterations; the medians are reported
     #[arg(long, default_value_t = 20, value_parser = clap::value_parser!(u32).range(1..))]
     iters: u32,
@@ -222,9 +225,12 @@ pub fn bench(args: &BenchArgs) -> Result<()> {
         .collect();
     let labels: Vec<i32> = (0..b).map(|_| (rng.next() % c as u64) as i32).collect();
     let batch = Batch::with_labels(&logits, c, &labels);
-    let spec = CrossEntropy::new()
+    let mut spec = CrossEntropy::new()
         .with_reduction(Reduction::Mean)
         .with_gradient(args.grad);
+    if args.label_smoothing != 0.0 {
+        spec = spec.with_label_smoothing(args.label_smoothing);
+    }
     let logit_bytes = (cells * 4) as u64;
     let model_bytes = logit_bytes * if args.grad { 2 } else { 1 } + b as u64 * 12;
 
@@ -250,6 +256,7 @@ pub fn bench(args: &BenchArgs) -> Result<()> {
             "batch": b,
             "classes": c,
             "grad": args.grad,
+            "label_smoothing": args.label_smoothing,
             "iters": args.iters,
             "model_bytes": model_bytes,
             "kernel_ms": report.kernel.map(ms),
@@ -281,7 +288,7 @@ pub fn bench(args: &BenchArgs) -> Result<()> {
         return print_stdout(&format!("{json}\n"));
     }
     let mut text = format!(
-        "backend          {}{}\nadapter          {}\nshape            {b} x {c}{}\nmodel bytes      {model_bytes}\n",
+        "backend          {}{}\nadapter          {}\nshape            {b} x {c}{}{}\nmodel bytes      {model_bytes}\n",
         report.backend,
         report
             .kernel_name
@@ -289,6 +296,11 @@ pub fn bench(args: &BenchArgs) -> Result<()> {
             .map_or(String::new(), |k| format!(" ({k} kernel)")),
         report.adapter,
         if args.grad { " (with gradient)" } else { "" },
+        if args.label_smoothing != 0.0 {
+            format!(" (label smoothing {})", args.label_smoothing)
+        } else {
+            String::new()
+        },
     );
     let line = |name: &str, t: Option<Duration>, bytes: u64| match t {
         Some(t) => format!(
