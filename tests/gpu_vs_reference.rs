@@ -440,19 +440,12 @@ fn subgroup_kernel_is_chosen_where_subgroups_exist() {
     let smoothed = CrossEntropy::new().with_label_smoothing(0.1);
     assert_eq!(context.kernel_for_spec(&smoothed, 1000), expected);
     assert_eq!(context.kernel_for(10), KernelVariant::Narrow);
-    // Rows the narrow kernel takes (up to 256 classes) go to it by default
-    // on a CPU-type adapter, from 65 classes to the others elsewhere.
-    let narrow_or = |other| {
-        if cpu_adapter {
-            KernelVariant::Narrow
-        } else {
-            other
-        }
-    };
-    assert_eq!(context.kernel_for(130), narrow_or(expected));
-    assert_eq!(context.kernel_for(256), narrow_or(expected));
+    // Any row the narrow kernel takes (up to 256 classes) goes to it by
+    // default on a CPU-type adapter, as lane rows do; from 65 classes to
+    // the others elsewhere.
+    assert_eq!(context.kernel_for(130), lanes);
+    assert_eq!(context.kernel_for_spec(&smoothed, 256), lanes);
     assert_eq!(context.kernel_for(257), expected);
-    assert_eq!(context.kernel_for_spec(&smoothed, 130), narrow_or(expected));
 }
 
 /// On a CPU-type adapter (lavapipe in CI) plain f32 rows of a multiple of 4
