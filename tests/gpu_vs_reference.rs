@@ -605,4 +605,6 @@ fn load_only_kernel_runs_in_both_patterns() {
     }
     roofline.load(1 << 20).unwrap();
     roofline.exp_floor(1 << 20).unwrap();
+    let runs = context.is_cpu_adapter();
+    assert_eq!(roofline.default_pattern() == LoadPattern::Runs, runs);
 }

@@ -45,6 +45,14 @@ pub enum LoadPattern {
     Runs,
 }
 
+/// What one bandwidth run does.
+#[derive(Clone, Copy)]
+enum Work {
+    Load(LoadPattern),
+    ExpFloor(LoadPattern),
+    Copy,
+}
+
 /// One timed run: device time of the pass (timestamp queries, where the
 /// context has them) and host wall time from submit to readback.
 #[derive(Clone, Copy, Debug)]
@@ -176,12 +184,12 @@ impl<'a> Roofline<'a> {
     /// 1.8–2.3× the strided pattern's bandwidth, BENCHMARKS.md), else
     /// [`LoadPattern::Strided`].
     pub fn load(&self, bytes: u64) -> Result<Timing> {
-        self.load_with(bytes, self.adapter_pattern())
+        self.load_with(bytes, self.default_pattern())
     }
 
     /// [`Roofline::load`] in a given pattern.
     pub fn load_with(&self, bytes: u64, pattern: LoadPattern) -> Result<Timing> {
-        self.run(bytes, Some((pattern, false)))
+        self.run(bytes, Work::Load(pattern))
     }
 
     /// [`Roofline::load`] with one `exp` per value: the least any
@@ -191,21 +199,23 @@ impl<'a> Roofline<'a> {
     /// Intel 2-core machine). On a GPU, where an `exp` is cheap next to a
     /// load, the two should be close; that is not measured yet.
     pub fn exp_floor(&self, bytes: u64) -> Result<Timing> {
-        self.exp_floor_with(bytes, self.adapter_pattern())
+        self.exp_floor_with(bytes, self.default_pattern())
     }
 
     /// [`Roofline::exp_floor`] in a given pattern.
     pub fn exp_floor_with(&self, bytes: u64, pattern: LoadPattern) -> Result<Timing> {
-        self.run(bytes, Some((pattern, true)))
+        self.run(bytes, Work::ExpFloor(pattern))
     }
 
     /// Copies `bytes` (rounded up to 16) from one buffer to another; the
     /// copy moves `2·bytes` through memory.
     pub fn copy(&self, bytes: u64) -> Result<Timing> {
-        self.run(bytes, None)
+        self.run(bytes, Work::Copy)
     }
 
-    fn adapter_pattern(&self) -> LoadPattern {
+    /// The pattern [`Roofline::load`] and [`Roofline::exp_floor`] read in
+    /// on this adapter.
+    pub fn default_pattern(&self) -> LoadPattern {
         if self.context.is_cpu_adapter() {
             LoadPattern::Runs
         } else {
@@ -213,9 +223,8 @@ impl<'a> Roofline<'a> {
         }
     }
 
-    /// A load run (in a pattern, with or without the exp), or a copy.
-    fn run(&self, bytes: u64, load: Option<(LoadPattern, bool)>) -> Result<Timing> {
-        let copy = load.is_none();
+    fn run(&self, bytes: u64, work: Work) -> Result<Timing> {
+        let copy = matches!(work, Work::Copy);
         let bytes = bytes.max(16).next_multiple_of(16);
         if bytes > self.max_bytes() {
             return Err(Error::InvalidArgument(format!(
@@ -226,8 +235,8 @@ impl<'a> Roofline<'a> {
         let device = self.context.device();
         let queue = self.context.queue();
         let count = (bytes / 16) as u32;
-        let (groups, run) = match load {
-            Some((LoadPattern::Runs, _)) => {
+        let (groups, run) = match work {
+            Work::Load(LoadPattern::Runs) | Work::ExpFloor(LoadPattern::Runs) => {
                 // Runs within the loss kernels' loop budget (lavapipe stops
                 // a loop at 65,535 trips).
                 let threads = count
@@ -328,10 +337,10 @@ impl<'a> Roofline<'a> {
                 label: Some("roofline"),
                 timestamp_writes: self.timer.as_ref().map(Timer::writes),
             });
-            pass.set_pipeline(match load {
-                None => &self.copy,
-                Some((_, false)) => &self.load,
-                Some((_, true)) => &self.exp_floor,
+            pass.set_pipeline(match work {
+                Work::Load(_) => &self.load,
+                Work::ExpFloor(_) => &self.exp_floor,
+                Work::Copy => &self.copy,
             });
             pass.set_bind_group(0, &bind_group, &[]);
             pass.dispatch_workgroups(groups, 1, 1);
@@ -354,10 +363,9 @@ impl<'a> Roofline<'a> {
         }))?;
         let wall = start.elapsed();
         if wrong {
-            let kernel = if load.is_some_and(|(_, exp)| exp) {
-                "exp-floor"
-            } else {
-                "load-only"
+            let kernel = match work {
+                Work::ExpFloor(_) => "exp-floor",
+                _ => "load-only",
             };
             return Err(Error::Gpu(format!(
                 "the {kernel} kernel misread {bytes} bytes of ones"

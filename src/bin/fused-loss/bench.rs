@@ -431,22 +431,17 @@ fn bench_gpu(args: &BenchArgs, spec: &CrossEntropy, batch: &Batch<'_>) -> Result
     // on an H200, load-only kernels that each followed a round trip of
     // 16-268 MB measured 1.1-1.45x slower than back to back.
     if fits {
-        let pattern = args.load_pattern.map(|p| match p {
-            BenchLoadPattern::Strided => LoadPattern::Strided,
-            BenchLoadPattern::Runs => LoadPattern::Runs,
-        });
+        let pattern = match args.load_pattern {
+            None => roofline.default_pattern(),
+            Some(BenchLoadPattern::Strided) => LoadPattern::Strided,
+            Some(BenchLoadPattern::Runs) => LoadPattern::Runs,
+        };
         let bandwidths = || {
-            let (l, e) = match pattern {
-                None => (
-                    roofline.load(logit_bytes)?,
-                    roofline.exp_floor(logit_bytes)?,
-                ),
-                Some(p) => (
-                    roofline.load_with(logit_bytes, p)?,
-                    roofline.exp_floor_with(logit_bytes, p)?,
-                ),
-            };
-            Ok((l, e, roofline.copy(logit_bytes)?))
+            Ok((
+                roofline.load_with(logit_bytes, pattern)?,
+                roofline.exp_floor_with(logit_bytes, pattern)?,
+                roofline.copy(logit_bytes)?,
+            ))
         };
         warm_up(args, || bandwidths().map(drop))?;
         let time = |t: fused_loss::gpu::Timing| t.kernel.unwrap_or(t.wall);
