@@ -334,14 +334,15 @@ fn logit_options_match_reference() {
     }
 }
 
-/// Every row width around the SIMD and block boundaries, narrow and wide;
-/// logits with labels, probabilities with labels and dense targets.
+/// Every row width around the SIMD, kernel and block boundaries, narrow,
+/// medium and wide; logits with labels (with and without the gradient) and
+/// dense targets (with it), probabilities with labels and dense targets.
 #[test]
 fn every_width_matches_reference() {
     let mut rng = Rng::new(3);
     for c in [
-        1usize, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12, 13, 14, 15, 16, 17, 31, 32, 33, 100, 1000,
-        2047, 2048, 2049, 4099,
+        1usize, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12, 13, 14, 15, 16, 17, 24, 25, 31, 32, 33, 100,
+        128, 129, 256, 257, 1000, 2047, 2048, 2049, 4099,
     ] {
         let b = (20_000 / c).clamp(3, 3000);
         let logits = rng.logits(b * c, 10.0);
@@ -357,6 +358,17 @@ fn every_width_matches_reference() {
                 &spec,
                 &Batch::with_labels(&logits, c, &labels),
                 &format!("{b}x{c} eps={smoothing}"),
+            );
+            let with_gradient = spec.clone().with_gradient(true);
+            check(
+                &with_gradient,
+                &Batch::with_labels(&logits, c, &labels),
+                &format!("{b}x{c} eps={smoothing} gradient"),
+            );
+            check(
+                &with_gradient,
+                &Batch::with_dense(&logits, c, &soft),
+                &format!("{b}x{c} dense eps={smoothing} gradient"),
             );
             let spec = spec
                 .with_row_lse(false)
@@ -395,9 +407,9 @@ fn extreme_logits_match_reference() {
         [3e38, -3e38, 0.0, 1.0, 2.0, 3.0, 4.0],
     ];
     let labels: Vec<i32> = vec![0, 3, 6, 3, 0, 1, 2, 5, 1, 0, 2, 0];
-    // The same rows widened to 7·300 classes (each value repeated) take the
-    // wide kernel and cross its blocks.
-    for repeat in [1usize, 300] {
+    // The same rows widened to 7·10 classes (each value repeated) take the
+    // medium kernel, and to 7·300 the wide kernel, across its blocks.
+    for repeat in [1usize, 10, 300] {
         let classes = 7 * repeat;
         let logits: Vec<f32> = base
             .iter()
@@ -450,6 +462,11 @@ fn extreme_logits_match_reference() {
                         .collect();
                     let batch = Batch::with_dense(&logits, classes, &dense);
                     check(&spec, &batch, &format!("{what} dense"));
+                    check(
+                        &spec.clone().with_gradient(true),
+                        &batch,
+                        &format!("{what} dense gradient"),
+                    );
                 }
             }
         }

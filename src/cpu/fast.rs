@@ -13,10 +13,11 @@
 //!   whole loss vectorised across rows. Probabilities of up to as many
 //!   classes take the same lanes, with labels or dense targets.
 //! - **Medium rows** (up to [`MEDIUM_MAX_CLASSES`] with labels,
-//!   [`MEDIUM_DENSE_MAX_CLASSES`] with dense targets; no gradient) go 8
-//!   rows at a time, SIMD along the classes, each row's maximum then its
-//!   exps; the rows' sums meet in lane vectors for the narrow kernel's log
-//!   and loss, so there is no per-row f64 state or scalar `log2`.
+//!   [`MEDIUM_DENSE_MAX_CLASSES`] with dense targets) go 8 rows at a time,
+//!   SIMD along the classes, each row's maximum then its exps; the rows'
+//!   sums meet in lane vectors for the narrow kernel's log and loss, so
+//!   there is no per-row f64 state or scalar `log2`. A gradient is written
+//!   row by row after the group's loss, from the row's shift and sums.
 //! - **Runtime dispatch** through [`pulp`]: AVX2+FMA on x86-64 when the CPU has
 //!   it, else a portable fallback with the same formulas ([`Isa::Portable`]
 //!   forces it).
@@ -47,7 +48,9 @@ use rayon::prelude::*;
 
 use crate::cpu::reference::{self, RowLoss};
 use crate::error::{Error, Result};
-use crate::output::{gradient_denominator, zeroed, Backend, LossOutput, LossStats, OutputBuffers};
+use crate::output::{
+    gradient_denominator, sized, zeroed, Backend, LossOutput, LossStats, OutputBuffers,
+};
 use crate::spec::{check_labels, Batch, CrossEntropy, InputKind, Targets};
 
 /// Rows of at most this many classes (with labels) go one row per SIMD lane.
@@ -56,11 +59,13 @@ use crate::spec::{check_labels, Batch, CrossEntropy, InputKind, Targets};
 /// C = 32, 3.8–5.2 against 6.2–9.4).
 pub const NARROW_MAX_CLASSES: usize = 24;
 /// Rows of more than [`NARROW_MAX_CLASSES`] and at most this many classes
-/// (with labels, without the gradient) go 8 rows at a time, their sums
-/// meeting in lane vectors for the log and the loss. Its two passes over a
-/// row tie with the row kernels' one at C = 256 and lose above.
+/// (with labels) go 8 rows at a time, their sums meeting in lane vectors
+/// for the log and the loss. Its two passes over a row tie with the row
+/// kernels' one at C = 256 and lose above. With the gradient (a third pass,
+/// as the row kernels' second) it was 1.12× the row kernels at C = 250 and
+/// 1.36× at 40 on the 2-core AVX-512 machine.
 pub const MEDIUM_MAX_CLASSES: usize = 256;
-/// Rows of dense targets (without the gradient) up to this many classes take
+/// Rows of dense targets up to this many classes take
 /// the medium kernel too: 1.6× the row kernels at C = 10, 1.3–1.7× at 32,
 /// 1.1× at 100, even at 128 and 192, behind at 256.
 pub const MEDIUM_DENSE_MAX_CLASSES: usize = 128;
@@ -230,7 +235,11 @@ pub(crate) fn cross_entropy_reusing(
     // Zeros: ignored rows keep them.
     let mut per_example = zeroed(buffers.per_example, b);
     let mut row_lse = zeroed(buffers.row_lse, if spec.row_lse { b } else { 0 });
-    let mut gradient = zeroed(buffers.gradient, if spec.gradient { b * c } else { 0 });
+    // A reused gradient is zeroed chunk by chunk, in the chunk's task, just
+    // before its rows are written: in parallel and in cache, not in one
+    // serial pass over memory first.
+    let (mut gradient, zero_gradient) =
+        gradient_buffer(buffers.gradient, if spec.gradient { b * c } else { 0 });
     let mut lse_chunks = row_lse.chunks_mut(chunk_rows);
     let mut gradient_chunks = gradient.chunks_mut(chunk_rows * c);
     let tasks: Vec<ChunkOut<'_>> = per_example
@@ -247,6 +256,9 @@ pub(crate) fn cross_entropy_reusing(
     let partials: Vec<(Meta, LossSums)> = tasks
         .into_par_iter()
         .map(|mut out| {
+            if let (true, Some(gradient)) = (zero_gradient, out.gradient.as_deref_mut()) {
+                gradient.fill(0.0);
+            }
             let op = ChunkOp {
                 plan,
                 out: &mut out,
@@ -265,6 +277,18 @@ pub(crate) fn cross_entropy_reusing(
     out.gradient = spec.gradient.then_some(gradient);
     out.row_lse = spec.row_lse.then_some(row_lse);
     Ok(out)
+}
+
+/// `len` values for the gradient, and whether they are `reused`'s old
+/// memory (which the chunk tasks zero); a fresh buffer is zeroed on every
+/// thread (a serial `calloc` of a few MB ran `memset` on one core).
+fn gradient_buffer(reused: Vec<f32>, len: usize) -> (Vec<f32>, bool) {
+    if reused.capacity() >= len {
+        return sized(reused, len);
+    }
+    let mut fresh = Vec::with_capacity(len);
+    fresh.par_extend(rayon::iter::repeat_n(0.0f32, len));
+    (fresh, false)
 }
 
 /// Whether every label is in `0..classes` or the ignore index, without a
@@ -327,9 +351,7 @@ impl<'a> Plan<'a> {
         } else {
             1..=MEDIUM_DENSE_MAX_CLASSES
         };
-        classes.contains(&self.classes)
-            && self.spec.input == InputKind::Logits
-            && !self.spec.gradient
+        classes.contains(&self.classes) && self.spec.input == InputKind::Logits
     }
 
     /// Whether the narrow (row per lane) kernels take this call: logits with

@@ -9,14 +9,15 @@
 //! unrolled. Narrow rows of probabilities (labels or dense targets) take
 //! the same transpose for their total and logs ([`narrow_probability_rows`]).
 //!
-//! Medium rows (up to [`super::MEDIUM_MAX_CLASSES`], no gradient): SIMD
-//! along each row's classes, 8 rows a group; the rows' sums then take the
-//! narrow kernel's epilogue ([`finish_group`]).
+//! Medium rows (up to [`super::MEDIUM_MAX_CLASSES`]): SIMD along each row's
+//! classes, 8 rows a group; the rows' sums then take the narrow kernel's
+//! epilogue ([`finish_group`]), and a gradient the row kernels' row by row
+//! ([`super::rows`]).
 
 use pulp::Simd;
 
 use super::vmath::{self, LOG2E};
-use super::{ChunkOut, Plan, MAX_LANES};
+use super::{rows, ChunkOut, Plan, MAX_LANES};
 
 #[inline(always)]
 pub(super) fn narrow_rows<S: Simd>(simd: S, plan: &Plan<'_>, out: &mut ChunkOut<'_>) {
@@ -443,7 +444,8 @@ fn probabilities_with<S: Simd, const C: usize>(simd: S, plan: &Plan<'_>, out: &m
 }
 
 /// Short rows (more than [`super::NARROW_MAX_CLASSES`], at most
-/// [`super::MEDIUM_MAX_CLASSES`] classes; labels, no gradient), a group
+/// [`super::MEDIUM_MAX_CLASSES`] classes; labels, or dense targets up to
+/// [`super::MEDIUM_DENSE_MAX_CLASSES`]), a group
 /// of 8 rows at a time: each row's maximum, then its exps, by SIMD along
 /// the classes (the row is in L1 for the second pass); the rows' sums meet
 /// in lane vectors, so that the log, the loss and the checks are the narrow
@@ -470,6 +472,7 @@ fn medium_with<S: Simd, const PLAIN: bool>(simd: S, plan: &Plan<'_>, out: &mut C
     let neg_inf = simd.splat_f32s(f32::NEG_INFINITY);
     let log2e = simd.splat_f32s(LOG2E);
     let (keep, spread) = (simd.splat_f32s(k.keep), simd.splat_f32s(k.spread));
+    let gradient_rows = plan.gradient_scale.map(|_| rows::MediumGradient::new(plan));
     let mut scratch = Vec::new();
     let rows = out.rows.clone();
     let mut first = rows.start;
@@ -578,7 +581,17 @@ fn medium_with<S: Simd, const PLAIN: bool>(simd: S, plan: &Plan<'_>, out: &mut C
             spread_sum: vmath::load(simd, &lane[SPREAD][..valid]),
         };
         let i = first - rows.start;
-        let (_, ok) = finish_group(simd, &k, &inputs, &shift, &sums, out, i, valid);
+        let (lse, ok) = finish_group(simd, &k, &inputs, &shift, &sums, out, i, valid);
+        if let (Some(writer), Some(gradient)) = (&gradient_rows, out.gradient.as_deref_mut()) {
+            let (mut lses, mut big_ms) = ([0.0f32; MAX_LANES], [0.0f32; MAX_LANES]);
+            vmath::store(simd, &mut lses[..valid], lse);
+            vmath::store(simd, &mut big_ms[..valid], shift.big_m);
+            let rows = gradient[i * c..(i + valid) * c].chunks_exact_mut(c);
+            for (r, grad) in rows.enumerate() {
+                let (exp, total) = (lane[EXP][r], lane[TOTAL][r]);
+                writer.row(simd, plan, first + r, big_ms[r], exp, lses[r], total, grad);
+            }
+        }
         redo_unsure(simd, plan, ok, first, valid, out, &mut scratch);
         first += valid;
     }

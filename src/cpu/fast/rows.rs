@@ -410,23 +410,22 @@ fn finish_row<S: Simd, const MODE: u8, const W: bool, const CAP: bool>(
     }
     let s = plan.sample_weight(n) as f64;
     let eps = plan.smoothing;
-    let (cross_entropy, total, target) = match plan.labels {
-        Some(labels) => {
-            let y = labels[n] as usize;
-            let x = plan.row(n)[y];
-            let xy = if CAP { cap64(x, k.cap) } else { x as f64 };
-            let w_y = plan.class_weight(y) as f64;
-            let hard = (1.0 - eps) * w_y;
-            let nll = if hard != 0.0 { hard * (lse - xy) } else { 0.0 };
+    let target = label_target(plan, k, n);
+    let (cross_entropy, total) = match target {
+        Some(LabelTarget { hard, logit, .. }) => {
+            let nll = if hard != 0.0 {
+                hard * (lse - logit)
+            } else {
+                0.0
+            };
             let smooth = if eps > 0.0 {
                 eps / plan.classes as f64 * state.spread_sum(lse)
             } else {
                 0.0
             };
-            let total = hard + eps / plan.classes as f64 * plan.class_weight_sum;
-            (nll + smooth, total, Some((y, hard, xy)))
+            (nll + smooth, label_total(plan, hard))
         }
-        None => (state.spread_sum(lse), state.a, None),
+        None => (state.spread_sum(lse), state.a),
     };
     let z_term = if plan.z_loss > 0.0 {
         plan.z_loss * lse * lse
@@ -438,26 +437,149 @@ fn finish_row<S: Simd, const MODE: u8, const W: bool, const CAP: bool>(
     } else {
         (s * (cross_entropy + z_term)) as f32
     };
-    let (Some(gradient), Some(scale)) = (out.gradient.as_deref_mut(), plan.gradient_scale) else {
+    if let Some(gradient) = out.gradient.as_deref_mut() {
+        let c = plan.classes;
+        let row = RowGradient {
+            big_m: state.big_m,
+            exp: state.exp,
+            lse,
+            total,
+            sample: s,
+            target,
+        };
+        gradient_of::<S, MODE, W, CAP>(simd, plan, k, n, &row, &mut gradient[i * c..(i + 1) * c]);
+    }
+}
+
+/// A row's target class with labels: `y`, `(1 − ε)·w_y` and its
+/// (soft-capped) logit, in f64.
+#[derive(Clone, Copy)]
+struct LabelTarget {
+    y: usize,
+    hard: f64,
+    logit: f64,
+}
+
+#[inline(always)]
+fn label_target(plan: &Plan<'_>, k: Kernel, n: usize) -> Option<LabelTarget> {
+    let labels = plan.labels?;
+    let y = labels[n] as usize;
+    let x = plan.row(n)[y];
+    Some(LabelTarget {
+        y,
+        hard: (1.0 - plan.smoothing) * plan.class_weight(y) as f64,
+        logit: if plan.softcap.is_some() {
+            cap64(x, k.cap)
+        } else {
+            x as f64
+        },
+    })
+}
+
+/// `Σ_c a_c` of a row with labels: `(1 − ε)·w_y + ε/C·Σ_c w_c`.
+fn label_total(plan: &Plan<'_>, hard: f64) -> f64 {
+    hard + plan.smoothing / plan.classes as f64 * plan.class_weight_sum
+}
+
+/// What a row's gradient needs of its loss.
+struct RowGradient {
+    /// `M = fl(m·log2 e)`, the shift of the exps.
+    big_m: f32,
+    /// `Σ_c 2^(x_c·log2 e − M)`.
+    exp: f64,
+    lse: f64,
+    /// `Σ_c a_c`.
+    total: f64,
+    /// `s_n`.
+    sample: f64,
+    target: Option<LabelTarget>,
+}
+
+/// Writes row `n`'s gradient into `grad` (its `C` values), times the
+/// reduction's scale; rows of sample weight 0 keep their zeros.
+#[inline(always)]
+fn gradient_of<S: Simd, const MODE: u8, const W: bool, const CAP: bool>(
+    simd: S,
+    plan: &Plan<'_>,
+    k: Kernel,
+    n: usize,
+    row: &RowGradient,
+    grad: &mut [f32],
+) {
+    let (Some(scale), s) = (plan.gradient_scale, row.sample) else {
         return;
     };
     if s == 0.0 {
         return;
     }
     let c = plan.classes;
-    let grad = &mut gradient[i * c..(i + 1) * c];
     // ∂L/∂z_c = s·((Σ_k a_k + 2·z·lse)·p_c − a_c), p_c = 2^(x_c·log2(e) − M) / Σ.
-    let k1 = (scale * s * (total + 2.0 * plan.z_loss * lse) / state.exp) as f32;
+    let k1 = (scale * s * (row.total + 2.0 * plan.z_loss * row.lse) / row.exp) as f32;
     let k0 = (scale * s) as f32;
     let targets = plan.dense.map(|t| &t[n * c..(n + 1) * c]);
-    gradient_row::<S, MODE, W, CAP>(simd, plan, k, n, state.big_m, k1, k0, targets, grad);
-    if let Some((y, hard, xy)) = target {
+    gradient_row::<S, MODE, W, CAP>(simd, plan, k, n, row.big_m, k1, k0, targets, grad);
+    if let Some(LabelTarget { y, hard, logit }) = row.target {
         let chain = if CAP {
-            1.0 - (xy / k.cap as f64).powi(2)
+            1.0 - (logit / k.cap as f64).powi(2)
         } else {
             1.0
         };
         grad[y] = (grad[y] as f64 - scale * s * hard * chain) as f32;
+    }
+}
+
+/// The medium kernel's gradient rows: the call's constants, resolved once.
+pub(super) struct MediumGradient {
+    k: Kernel,
+    dense: bool,
+    cap: bool,
+}
+
+impl MediumGradient {
+    pub fn new(plan: &Plan<'_>) -> Self {
+        MediumGradient {
+            k: Kernel::new(plan),
+            dense: plan.dense.is_some(),
+            cap: plan.softcap.is_some(),
+        }
+    }
+
+    /// Row `n`'s gradient, from its shift `big_m`, its
+    /// `Σ_c 2^(x_c·log2 e − M)`, its lse and, for dense targets, its
+    /// `Σ_c a_c` (`dense_total`); the rest comes from the plan as in
+    /// [`finish_row`].
+    #[inline(always)]
+    #[allow(clippy::too_many_arguments)]
+    pub fn row<S: Simd>(
+        &self,
+        simd: S,
+        plan: &Plan<'_>,
+        n: usize,
+        big_m: f32,
+        exp: f32,
+        lse: f32,
+        dense_total: f32,
+        grad: &mut [f32],
+    ) {
+        if plan.ignored(n) {
+            return;
+        }
+        let k = self.k;
+        let target = label_target(plan, k, n);
+        let row = RowGradient {
+            big_m,
+            exp: exp as f64,
+            lse: lse as f64,
+            total: target.map_or(dense_total as f64, |t| label_total(plan, t.hard)),
+            sample: plan.sample_weight(n) as f64,
+            target,
+        };
+        match (self.dense, self.cap) {
+            (false, false) => gradient_of::<S, PLAIN, false, false>(simd, plan, k, n, &row, grad),
+            (false, true) => gradient_of::<S, PLAIN, false, true>(simd, plan, k, n, &row, grad),
+            (true, false) => gradient_of::<S, DENSE, false, false>(simd, plan, k, n, &row, grad),
+            (true, true) => gradient_of::<S, DENSE, false, true>(simd, plan, k, n, &row, grad),
+        }
     }
 }
 
