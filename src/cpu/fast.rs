@@ -83,11 +83,10 @@ const MAX_LANES: usize = 16;
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub enum Isa {
     /// The best the CPU has, detected at run time. On x86-64: AVX-512
-    /// (x86-64-v4) where the CPU has it for every kernel but the narrow one
-    /// (1.1–1.56× AVX2 from C = 32 to 262,144 on a 2-core Xeon), AVX2+FMA for
-    /// the narrow kernel (rows of up to 24 classes, whose register
-    /// transposes are AVX2) and where AVX-512 is missing, else the portable
-    /// path.
+    /// (x86-64-v4) where the CPU has it for every kernel but narrow rows of
+    /// probabilities (1.1–1.56× AVX2 from C = 32 to 262,144 on a 2-core
+    /// Xeon, up to 1.57× for narrow logits), AVX2+FMA for those and where
+    /// AVX-512 is missing, else the portable path.
     #[default]
     Detect,
     /// AVX2+FMA (x86-64-v3) for every kernel, even where the CPU has
@@ -100,7 +99,7 @@ pub enum Isa {
 
 impl Isa {
     /// What this choice runs on this CPU, e.g. `"avx2+fma"`,
-    /// `"avx-512, avx2+fma narrow"` or `"portable"`.
+    /// `"avx-512, avx2+fma narrow probabilities"` or `"portable"`.
     pub fn name(self) -> &'static str {
         match self {
             Isa::Portable => "portable",
@@ -113,7 +112,7 @@ impl Isa {
 #[cfg(target_arch = "x86_64")]
 fn detected_name() -> &'static str {
     if pulp::x86::V4::try_new().is_some() && pulp::x86::V3::try_new().is_some() {
-        "avx-512, avx2+fma narrow"
+        "avx-512, avx2+fma narrow probabilities"
     } else {
         avx2_name()
     }
@@ -361,6 +360,14 @@ impl<'a> Plan<'a> {
             && (self.labels.is_some() || self.spec.input == InputKind::Probabilities)
     }
 
+    /// Whether AVX-512 beats AVX2 for this call where the CPU has both:
+    /// everywhere but narrow rows of probabilities (on the 2-core Xeon
+    /// AVX-512 ran those 0.84× AVX2 at C = 10 and 0.89× at 24, narrow logits
+    /// 0.99–1.57× forward and 1.17–1.28× with the gradient).
+    fn avx512_pays(&self) -> bool {
+        !(self.narrow() && self.spec.input == InputKind::Probabilities)
+    }
+
     /// Rows per chunk: at least [`CHUNK_BYTES`] of logits, whole lane groups.
     fn chunk_rows(&self) -> usize {
         let rows = CHUNK_BYTES.div_ceil(self.classes * 4).max(1);
@@ -584,7 +591,7 @@ fn run_chunk(isa: Isa, op: ChunkOp<'_, '_, '_>) -> (Meta, LossSums) {
     if isa == Isa::Portable {
         return pulp::Scalar::new().vectorize(op);
     }
-    if isa == Isa::Detect && !op.plan.narrow() {
+    if isa == Isa::Detect && op.plan.avx512_pays() {
         if let Some(v4) = pulp::x86::V4::try_new() {
             return pulp::Simd::vectorize(v4, op);
         }

@@ -668,7 +668,8 @@ fn gradient_columns<S: Simd, const C: usize>(
 
 /// `xs[c]` ← class c of rows `first..first + valid` (zeros in the lanes
 /// past `valid`). AVX2 transposes 8 rows × 8 classes at a time in
-/// registers; other archs fill the lanes one by one. The vectors are
+/// registers, AVX-512 two such groups of 8 rows joined per column; other
+/// archs fill the lanes one by one. The vectors are
 /// written into the caller's array: returning it made LLVM copy it with a
 /// memcpy call per group (12 % of the time at C = 10).
 #[inline(always)]
@@ -679,6 +680,26 @@ fn transpose<S: Simd, const C: usize>(
     valid: usize,
     xs: &mut [S::f32s; C],
 ) {
+    #[cfg(target_arch = "x86_64")]
+    if let (Some(&v4), Some(columns)) = (
+        (&simd as &dyn std::any::Any).downcast_ref::<pulp::x86::V4>(),
+        (xs as &mut dyn std::any::Any).downcast_mut::<[pulp::f32x16; C]>(),
+    ) {
+        // 16 rows: rows 0–7 and 8–15 through the AVX2 transposes, each
+        // column's two halves then joined in one register.
+        let v3 = *v4;
+        let zero = pulp::f32x8(0.0, 0.0, 0.0, 0.0, 0.0, 0.0, 0.0, 0.0);
+        let (mut low, mut high) = ([zero; C], [zero; C]);
+        transpose::<pulp::x86::V3, C>(v3, logits, first, valid.min(8), &mut low);
+        if valid > 8 {
+            transpose::<pulp::x86::V3, C>(v3, logits, first + 8, valid - 8, &mut high);
+        }
+        for (column, (&low, &high)) in columns.iter_mut().zip(low.iter().zip(&high)) {
+            let wide = v4.avx512f._mm512_castps256_ps512(pulp::cast(low));
+            *column = pulp::cast(v4.avx512dq._mm512_insertf32x8::<1>(wide, pulp::cast(high)));
+        }
+        return;
+    }
     #[cfg(target_arch = "x86_64")]
     if let (Some(&v3), Some(columns)) = (
         (&simd as &dyn std::any::Any).downcast_ref::<pulp::x86::V3>(),
