@@ -506,9 +506,10 @@ fn gradient_of<S: Simd, const MODE: u8, const W: bool, const CAP: bool>(
     row: &RowGradient,
     grad: &mut [f32],
 ) {
-    let (Some(scale), s) = (plan.gradient_scale, row.sample) else {
+    let Some(scale) = plan.gradient_scale else {
         return;
     };
+    let s = row.sample;
     if s == 0.0 {
         return;
     }
