@@ -124,24 +124,13 @@ pub(crate) struct OutputBuffers {
 
 /// `v` as `len` zeros: in place where it holds enough already (no
 /// allocation, no page faults), else a fresh zeroed allocation.
-pub(crate) fn zeroed(v: Vec<f32>, len: usize) -> Vec<f32> {
-    let (mut v, reused) = sized(v, len);
-    if reused {
-        v.fill(0.0);
-    }
-    v
-}
-
-/// `v` as `len` values, and whether they are `v`'s old memory, whose values
-/// are then whatever they were (the caller overwrites or zeroes them);
-/// otherwise a fresh zeroed allocation.
-pub(crate) fn sized(mut v: Vec<f32>, len: usize) -> (Vec<f32>, bool) {
+pub(crate) fn zeroed(mut v: Vec<f32>, len: usize) -> Vec<f32> {
     if v.capacity() < len {
-        return (vec![0.0; len], false);
+        return vec![0.0; len];
     }
-    v.truncate(len);
+    v.clear();
     v.resize(len, 0.0);
-    (v, true)
+    v
 }
 
 impl LossOutput {

@@ -48,9 +48,7 @@ use rayon::prelude::*;
 
 use crate::cpu::reference::{self, RowLoss};
 use crate::error::{Error, Result};
-use crate::output::{
-    gradient_denominator, sized, zeroed, Backend, LossOutput, LossStats, OutputBuffers,
-};
+use crate::output::{gradient_denominator, zeroed, Backend, LossOutput, LossStats, OutputBuffers};
 use crate::spec::{check_labels, Batch, CrossEntropy, InputKind, Targets};
 
 /// Rows of at most this many classes (with labels) go one row per SIMD lane.
@@ -279,11 +277,14 @@ pub(crate) fn cross_entropy_reusing(
 }
 
 /// `len` values for the gradient, and whether they are `reused`'s old
-/// memory (which the chunk tasks zero); a fresh buffer is zeroed on every
-/// thread (a serial `calloc` of a few MB ran `memset` on one core).
-fn gradient_buffer(reused: Vec<f32>, len: usize) -> (Vec<f32>, bool) {
+/// memory, left as they were for the chunk tasks to zero; a fresh buffer is
+/// zeroed on every thread (a serial `calloc` of a few MB ran `memset` on
+/// one core).
+fn gradient_buffer(mut reused: Vec<f32>, len: usize) -> (Vec<f32>, bool) {
     if reused.capacity() >= len {
-        return sized(reused, len);
+        reused.truncate(len);
+        reused.resize(len, 0.0);
+        return (reused, true);
     }
     let mut fresh = Vec::with_capacity(len);
     fresh.par_extend(rayon::iter::repeat_n(0.0f32, len));

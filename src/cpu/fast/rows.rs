@@ -532,16 +532,12 @@ fn gradient_of<S: Simd, const MODE: u8, const W: bool, const CAP: bool>(
 /// The medium kernel's gradient rows: the call's constants, resolved once.
 pub(super) struct MediumGradient {
     k: Kernel,
-    dense: bool,
-    cap: bool,
 }
 
 impl MediumGradient {
     pub fn new(plan: &Plan<'_>) -> Self {
         MediumGradient {
             k: Kernel::new(plan),
-            dense: plan.dense.is_some(),
-            cap: plan.softcap.is_some(),
         }
     }
 
@@ -575,7 +571,7 @@ impl MediumGradient {
             sample: plan.sample_weight(n) as f64,
             target,
         };
-        match (self.dense, self.cap) {
+        match (plan.dense.is_some(), plan.softcap.is_some()) {
             (false, false) => gradient_of::<S, PLAIN, false, false>(simd, plan, k, n, &row, grad),
             (false, true) => gradient_of::<S, PLAIN, false, true>(simd, plan, k, n, &row, grad),
             (true, false) => gradient_of::<S, DENSE, false, false>(simd, plan, k, n, &row, grad),
